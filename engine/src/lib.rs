@@ -1,0 +1,1 @@
+//! The RLT engine: candle models, tokenizer, chat templates, generation and log-probs.

@@ -1,0 +1,57 @@
+//! The HTML shell and the router. Each page lives in its own file under
+//! `pages/`.
+
+use leptos::prelude::*;
+use leptos_meta::{MetaTags, Title, provide_meta_context};
+use leptos_router::components::{A, Route, Router, Routes};
+use leptos_router::{SsrMode, path};
+
+use crate::pages::{DatasetPage, DatasetsPage, NotFound, QuestionPage};
+
+/// The document around the app. `hydrate` adds the wasm bundle's scripts; the
+/// server passes false when no bundle has been built, and pages still read
+/// fine without it.
+pub fn shell(options: LeptosOptions, hydrate: bool) -> impl IntoView {
+    view! {
+        <!DOCTYPE html>
+        <html lang="en">
+            <head>
+                <meta charset="utf-8" />
+                <meta name="viewport" content="width=device-width, initial-scale=1" />
+                <link rel="icon" href="data:," />
+                <link rel="stylesheet" href="/static/style.css" />
+                {hydrate.then(|| view! { <HydrationScripts options=options.clone() /> })}
+                <MetaTags />
+            </head>
+            <body>
+                <App />
+            </body>
+        </html>
+    }
+}
+
+#[component]
+pub fn App() -> impl IntoView {
+    provide_meta_context();
+    view! {
+        <Title formatter=|page: String| format!("{page} · RLT Studio") />
+        <Router>
+            <header class="topbar">
+                <A href="/" attr:class="brand">"RLT Studio"</A>
+                <nav>
+                    <A href="/">"Datasets"</A>
+                    <a href="/api/v1/datasets">"API"</a>
+                </nav>
+            </header>
+            <main>
+                // Async mode: the server sends each page only once its data is
+                // in, so it reads completely without JavaScript.
+                <Routes fallback=|| view! { <NotFound /> }>
+                    <Route path=path!("/") view=DatasetsPage ssr=SsrMode::Async />
+                    <Route path=path!("/datasets/:id") view=DatasetPage ssr=SsrMode::Async />
+                    <Route path=path!("/questions/:id") view=QuestionPage ssr=SsrMode::Async />
+                </Routes>
+            </main>
+        </Router>
+    }
+}

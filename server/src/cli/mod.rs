@@ -1,0 +1,55 @@
+//! The `rlt` command line. Every flag has an environment-variable twin.
+
+mod db;
+mod import;
+mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rlt",
+    version,
+    about = "RLT Studio: run and inspect Reinforcement-Learned Teacher experiments",
+    long_about = "RLT Studio: run and inspect Reinforcement-Learned Teacher experiments.\n\n\
+                  Without DATABASE_URL, state lives in an embedded Postgres cluster under the \
+                  data directory, started and stopped as needed. Logs honour RUST_LOG \
+                  (e.g. RUST_LOG=rlt_server=debug)."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Directory for the model, datasets, the embedded Postgres cluster and artifacts.
+    #[arg(long, env = "RLT_DATA_DIR", default_value = "data", global = true)]
+    pub data_dir: PathBuf,
+    /// Postgres server to use, e.g. postgres://user@host/db. Without it an
+    /// embedded cluster is run from the data directory.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the web app and REST API (and import demo data on first start).
+    Serve(serve::ServeArgs),
+    /// Import a dataset (CHAMP, JSONL or synthetic arithmetic).
+    Import(import::ImportArgs),
+    /// Manage the embedded Postgres cluster.
+    Db(db::DbArgs),
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve::run(&cli.global, args).await,
+        Command::Import(args) => import::run(&cli.global, args).await,
+        Command::Db(args) => db::run(&cli.global, args).await,
+    }
+}

@@ -1,0 +1,13 @@
+//! RLT Studio server: HTTP API, Leptos pages, Postgres, the job queue and the
+//! `rlt` command line. `main.rs` only parses arguments and calls [`cli::run`].
+
+pub mod cli;
+pub mod datasets;
+pub mod db;
+pub mod demo;
+pub mod embedded_pg;
+pub mod error;
+pub mod http;
+pub mod import;
+pub mod questions;
+pub mod ui;

@@ -1,0 +1,88 @@
+//! The Leptos pages, server-rendered, with the server's implementation of
+//! the UI backend.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Router;
+use frontend::backend::{Backend, BackendError, BackendResult, SharedBackend};
+use leptos::config::LeptosOptions;
+use leptos::prelude::provide_context;
+use leptos_axum::{LeptosRoutes, generate_route_list};
+use rlt_types::{DatasetSummary, Page, QuestionDetail, QuestionFilter, QuestionSummary};
+use sqlx::PgPool;
+
+use crate::error::Error;
+use crate::http::AppState;
+use crate::{datasets, questions};
+
+pub fn leptos_options(static_dir: &Path) -> LeptosOptions {
+    LeptosOptions::builder()
+        .output_name("frontend")
+        .site_root(static_dir.display().to_string())
+        .site_pkg_dir("pkg")
+        .build()
+}
+
+/// Page routes and the server-function endpoint, with the backend in context.
+pub fn router(state: &AppState) -> Router<AppState> {
+    let backend: SharedBackend = Arc::new(DbBackend { db: state.api.db.clone() });
+    // Hydrate only when the wasm bundle was built; pages read fine without it.
+    let hydrate = Path::new(state.leptos_options.site_root.as_ref()).join("pkg/frontend.js").exists();
+    let options = state.leptos_options.clone();
+    let routes = generate_route_list(frontend::App);
+    let context_backend = backend.clone();
+    let fallback_backend = backend.clone();
+    let fallback_options = options.clone();
+    let fn_backend = backend;
+    Router::new()
+        .leptos_routes_with_context(
+            state,
+            routes,
+            move || provide_context(context_backend.clone()),
+            move || frontend::shell(options.clone(), hydrate),
+        )
+        .route(
+            "/ui/fn/{*fn_name}",
+            axum::routing::post(move |req: axum::extract::Request| {
+                let backend = fn_backend.clone();
+                async move {
+                    leptos_axum::handle_server_fns_with_context(move || provide_context(backend.clone()), req).await
+                }
+            }),
+        )
+        // Static files under the site root (the wasm bundle in pkg/), else the
+        // app's own "not found" page with a 404.
+        .fallback(leptos_axum::file_and_error_handler_with_context::<AppState, _>(
+            move || provide_context(fallback_backend.clone()),
+            move |_| frontend::shell(fallback_options.clone(), hydrate),
+        ))
+}
+
+struct DbBackend {
+    db: PgPool,
+}
+
+fn to_backend_error(e: Error) -> BackendError {
+    let status = e.status_code().as_u16();
+    BackendError { status, message: e.to_body().error.message }
+}
+
+#[async_trait::async_trait]
+impl Backend for DbBackend {
+    async fn list_datasets(&self) -> BackendResult<Vec<DatasetSummary>> {
+        datasets::list(&self.db).await.map_err(to_backend_error)
+    }
+
+    async fn get_dataset(&self, id: i64) -> BackendResult<DatasetSummary> {
+        datasets::get(&self.db, id).await.map_err(to_backend_error)
+    }
+
+    async fn list_questions(&self, dataset_id: i64, filter: QuestionFilter) -> BackendResult<Page<QuestionSummary>> {
+        questions::list(&self.db, dataset_id, &filter).await.map_err(to_backend_error)
+    }
+
+    async fn get_question(&self, id: i64) -> BackendResult<QuestionDetail> {
+        questions::get(&self.db, id).await.map_err(to_backend_error)
+    }
+}
