@@ -28,7 +28,9 @@ assets:
 	scripts/fetch-assets.sh
 
 build:
-	cargo build --release -p rlt-server --bin rlt
+	# The whole workspace, so features resolve as in `cargo test --workspace`
+	# and the tests reuse every compiled dependency.
+	cargo build --release --workspace --bins
 
 check: fmt clippy
 

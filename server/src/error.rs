@@ -23,6 +23,8 @@ pub enum Error {
     InvalidInput(Vec<InputError>),
     #[error("{0} not found")]
     NotFound(String),
+    #[error("this endpoint does not accept that HTTP method")]
+    MethodNotAllowed,
     #[error("{message}")]
     Conflict { field: Option<String>, message: String },
     #[error("database error: {0}")]
@@ -51,6 +53,7 @@ impl Error {
             Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Error::Invalid { .. } | Error::InvalidInput(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::Conflict { .. } => StatusCode::CONFLICT,
             Error::Database(_) | Error::Migrate(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -61,6 +64,7 @@ impl Error {
             Error::BadRequest { .. } => "bad_request",
             Error::Invalid { .. } | Error::InvalidInput(_) => "invalid_input",
             Error::NotFound(_) => "not_found",
+            Error::MethodNotAllowed => "method_not_allowed",
             Error::Conflict { .. } => "conflict",
             _ => "internal",
         }

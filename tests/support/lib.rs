@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use rlt_server::http::{ApiContext, HttpConfig};
+use rlt_server::jobs::Registry;
+use rlt_server::jobs::events::EventHub;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool};
 
@@ -95,6 +97,8 @@ impl TestApp {
         let ctx = ApiContext {
             db: db.pool.clone(),
             config: Arc::new(HttpConfig { data_dir: data_dir(), static_dir: workspace_root().join("static") }),
+            registry: Arc::new(Registry::standard()),
+            events: EventHub::start(db.pool.clone()),
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
@@ -140,4 +144,23 @@ impl TestApp {
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(serde_json::Value::Null))
     }
+}
+
+/// The default model file fetched by `make assets`.
+pub fn default_model_file() -> PathBuf {
+    let path = data_dir().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(path.exists(), "{} is missing; run `make assets` (or `make test`)", path.display());
+    path
+}
+
+/// Registers the real default model (by its real sha256) and returns its id.
+pub async fn register_default_model(pool: &PgPool) -> i64 {
+    use sha2::{Digest, Sha256};
+    let path = default_model_file();
+    let bytes = std::fs::read(&path).expect("read model");
+    let sha = hex::encode(Sha256::digest(&bytes));
+    rlt_server::models::upsert(pool, "SmolLM2-135M-Instruct", "gguf", &path.display().to_string(), &sha, "llama")
+        .await
+        .expect("register model")
+        .id
 }

@@ -1,6 +1,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Where a dataset's questions came from.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DatasetSource {
@@ -28,6 +29,7 @@ impl DatasetSource {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DatasetSummary {
     pub id: i64,
@@ -41,6 +43,7 @@ pub struct DatasetSummary {
     pub created_at: String,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct QuestionSummary {
     pub id: i64,
@@ -53,6 +56,7 @@ pub struct QuestionSummary {
     pub reference_count: i64,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReferenceExplanation {
     pub id: i64,
@@ -63,6 +67,7 @@ pub struct ReferenceExplanation {
     pub text: String,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct QuestionDetail {
     pub id: i64,
@@ -78,6 +83,7 @@ pub struct QuestionDetail {
 }
 
 /// Filters of a question list.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema, utoipa::IntoParams), into_params(parameter_in = Query))]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct QuestionFilter {
     /// Case-insensitive substring of the question text or its source key.
@@ -92,6 +98,7 @@ pub struct QuestionFilter {
 /// Body of `POST /api/v1/datasets` (as JSON), tagged by `source`. A JSONL
 /// file can also be sent as the raw body with `Content-Type:
 /// application/x-ndjson` and `?name=`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "source", rename_all = "snake_case")]
 pub enum ImportDatasetRequest {
@@ -105,6 +112,7 @@ impl ImportDatasetRequest {
 }
 
 /// CHAMP from the copy fetched into the server's data directory.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChampImport {
@@ -114,6 +122,7 @@ pub struct ChampImport {
 }
 
 /// RLT / Bespoke-Stratos style JSONL, one JSON object per line.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JsonlImport {
@@ -124,6 +133,7 @@ pub struct JsonlImport {
 }
 
 /// Seeded multi-step arithmetic word problems.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyntheticImport {

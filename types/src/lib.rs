@@ -3,8 +3,14 @@
 //! This crate is compiled to wasm as part of the frontend, so it depends on
 //! serde only: no candle, sqlx or tokio may enter here.
 
+mod config;
 mod datasets;
+mod experiments;
+mod jobs;
 mod page;
 
+pub use config::*;
 pub use datasets::*;
+pub use experiments::*;
+pub use jobs::*;
 pub use page::*;

@@ -2,6 +2,7 @@ use serde::{Deserialize, Serialize};
 
 /// One page of a list. `next_cursor` is opaque to clients: pass it back as
 /// `cursor` to get the following page; it is absent on the last page.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Page<T> {
     pub items: Vec<T>,
@@ -11,11 +12,13 @@ pub struct Page<T> {
 
 /// The JSON error body of every failed API call:
 /// `{"error": {"code": "...", "message": "...", "field": "...", "line": 57}}`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ErrorDetail {
     /// Stable machine-readable code, e.g. `not_found`, `invalid_input`.
@@ -33,6 +36,7 @@ pub struct ErrorDetail {
     pub details: Vec<ErrorItem>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ErrorItem {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -2,7 +2,9 @@
 
 mod db;
 mod import;
+mod jobs;
 mod serve;
+mod worker;
 
 use std::path::PathBuf;
 
@@ -42,6 +44,10 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Import a dataset (CHAMP, JSONL or synthetic arithmetic).
     Import(import::ImportArgs),
+    /// Run a stand-alone job worker (e.g. on a GPU machine) against DATABASE_URL.
+    Worker(worker::WorkerCommand),
+    /// Submit, list, follow, cancel and retry jobs.
+    Jobs(jobs::JobsArgs),
     /// Manage the embedded Postgres cluster.
     Db(db::DbArgs),
 }
@@ -50,6 +56,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(&cli.global, args).await,
         Command::Import(args) => import::run(&cli.global, args).await,
+        Command::Worker(args) => worker::run(&cli.global, args).await,
+        Command::Jobs(args) => jobs::run(&cli.global, args).await,
         Command::Db(args) => db::run(&cli.global, args).await,
     }
+}
+
+/// Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
 }

@@ -1,14 +1,18 @@
-//! `rlt serve`: the web app and API on one port.
+//! `rlt serve`: the web app, the API and in-process workers on one machine.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
+use tokio::sync::watch;
 
 use super::GlobalArgs;
+use super::worker::WorkerArgs;
 use crate::db::Database;
 use crate::http::{self, ApiContext, HttpConfig};
+use crate::jobs::events::EventHub;
+use crate::jobs::{Registry, worker};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -27,6 +31,11 @@ pub struct ServeArgs {
     /// Database connections in the pool.
     #[arg(long, env = "RLT_DB_CONNECTIONS", default_value_t = 16)]
     db_connections: u32,
+    /// In-process job workers (0 leaves all jobs to `rlt worker` processes).
+    #[arg(long, env = "RLT_WORKERS", default_value_t = 1)]
+    workers: usize,
+    #[command(flatten)]
+    worker: WorkerArgs,
 }
 
 pub async fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
@@ -41,42 +50,45 @@ async fn serve(global: &GlobalArgs, args: &ServeArgs, db: &Database) -> anyhow::
     if !args.no_demo {
         crate::demo::import_once(&db.pool, &global.data_dir).await?;
     }
+    let registry = Arc::new(Registry::standard());
+    let events = EventHub::start(db.pool.clone());
+    let (stop_workers, workers_stopped) = watch::channel(false);
+    let mut workers = Vec::new();
+    for _ in 0..args.workers {
+        let config = args.worker.config(&global.data_dir)?;
+        workers.push(tokio::spawn(worker::run(
+            db.pool.clone(),
+            registry.clone(),
+            events.clone(),
+            config,
+            workers_stopped.clone(),
+        )));
+    }
+
     let config = HttpConfig {
         data_dir: global.data_dir.clone(),
         static_dir: args.static_dir.clone().unwrap_or_else(default_static_dir),
     };
-    let ctx = ApiContext { db: db.pool.clone(), config: Arc::new(config) };
+    let ctx = ApiContext { db: db.pool.clone(), config: Arc::new(config), registry, events };
     let addr = SocketAddr::new(args.bind, args.port);
-    http::serve(ctx, addr, shutdown_signal(), |local| {
+    let served = http::serve(ctx, addr, super::shutdown_signal(), |local| {
         let host = if local.ip().is_unspecified() { "127.0.0.1".to_owned() } else { local.ip().to_string() };
         println!("RLT Studio is running at http://{host}:{}/", local.port());
         tracing::info!(%local, "listening");
     })
-    .await
+    .await;
+    // A job in flight goes back to the queue and resumes on the next start.
+    let _ = stop_workers.send(true);
+    for w in workers {
+        if let Ok(Err(e)) = w.await {
+            tracing::warn!(error = %e, "worker ended with an error");
+        }
+    }
+    served
 }
 
 /// `./static` when run from the repository, else the one next to the sources.
 fn default_static_dir() -> PathBuf {
     let here = PathBuf::from("static");
     if here.is_dir() { here } else { PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../static")) }
-}
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("shutting down");
 }

@@ -1,14 +1,15 @@
 //! `/api/v1/datasets`: list, get, import, and the questions of a dataset.
 
 use axum::Json;
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header::CONTENT_TYPE};
-use axum::routing::get;
-use rlt_types::{DatasetSummary, ImportDatasetRequest, Page, QuestionFilter, QuestionSummary};
+use rlt_types::{DatasetSummary, ErrorBody, ImportDatasetRequest, Page, QuestionFilter, QuestionSummary};
 use serde::Deserialize;
 use serde_json::json;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::extract::{ApiPath, ApiQuery, parse_json, parse_value};
 use super::{ApiContext, AppState};
@@ -18,29 +19,43 @@ use crate::{datasets, import, questions};
 /// Uploads above this are refused before parsing.
 const MAX_UPLOAD_BYTES: usize = 256 * 1024 * 1024;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/datasets", get(list).post(create).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)))
-        .route("/datasets/{id}", get(show))
-        .route("/datasets/{id}/questions", get(list_questions))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES))
+        .routes(routes!(show))
+        .routes(routes!(list_questions))
 }
 
+/// Datasets with their question and reference-explanation counts.
+#[utoipa::path(get, path = "/datasets", tag = "datasets", responses((status = 200, body = Vec<DatasetSummary>)))]
 async fn list(State(ctx): State<ApiContext>) -> Result<Json<Vec<DatasetSummary>>> {
     Ok(Json(datasets::list(&ctx.db).await?))
 }
 
+#[utoipa::path(get, path = "/datasets/{id}", tag = "datasets", params(("id" = i64, Path)),
+    responses((status = 200, body = DatasetSummary), (status = 404, body = ErrorBody)))]
 async fn show(State(ctx): State<ApiContext>, ApiPath(id): ApiPath<i64>) -> Result<Json<DatasetSummary>> {
     Ok(Json(datasets::get(&ctx.db, id).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 struct RawUploadQuery {
+    /// Dataset name, for a raw JSONL body.
     name: Option<String>,
     description: Option<String>,
 }
 
-/// Imports a dataset, either from a JSON [`ImportDatasetRequest`] or from a
-/// raw JSONL body (`application/x-ndjson`, `application/jsonl`) named by `?name=`.
+/// Imports a dataset in one transaction: a JSON [`ImportDatasetRequest`], or
+/// a raw JSONL body (`application/x-ndjson`) named by `?name=`. A bad line
+/// imports nothing and is reported with its line number and field.
+#[utoipa::path(post, path = "/datasets", tag = "datasets", params(RawUploadQuery),
+    request_body(content(
+        (ImportDatasetRequest = "application/json"),
+        (String = "application/x-ndjson"),
+    )),
+    responses((status = 201, body = DatasetSummary), (status = 400, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create(
     State(ctx): State<ApiContext>,
     ApiQuery(query): ApiQuery<RawUploadQuery>,
@@ -66,14 +81,15 @@ async fn create(
         .await?;
         import::store(&ctx.db, dataset).await?
     } else {
-        return Err(Error::BadRequest {
-            field: None,
-            message: "send JSON (application/json) or a JSONL file (application/x-ndjson)".to_owned(),
-        });
+        return Err(Error::bad_request(None, "send JSON (application/json) or a JSONL file (application/x-ndjson)"));
     };
     Ok((StatusCode::CREATED, Json(summary)))
 }
 
+/// Questions of a dataset in order, with search and cursor paging.
+#[utoipa::path(get, path = "/datasets/{id}/questions", tag = "datasets",
+    params(("id" = i64, Path), QuestionFilter),
+    responses((status = 200, body = Page<QuestionSummary>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn list_questions(
     State(ctx): State<ApiContext>,
     ApiPath(id): ApiPath<i64>,

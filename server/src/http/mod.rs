@@ -1,10 +1,15 @@
-//! The HTTP server: one `router()` per resource module, merged here, plus the
-//! Leptos pages.
+//! The HTTP server: one `router()` per resource module, merged here, the
+//! OpenAPI document generated from the handlers, and the Leptos pages.
 
 mod datasets;
+mod docs;
+mod experiments;
 mod extract;
 mod health;
+mod jobs;
+mod models;
 mod questions;
+mod runs;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,14 +23,20 @@ use sqlx::PgPool;
 use tower_http::compression::CompressionLayer;
 use tower_http::services::ServeDir;
 use tower_http::trace::TraceLayer;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use extract::ApiJson;
+
+use crate::jobs::Registry;
+use crate::jobs::events::EventHub;
 
 /// Shared state of every handler.
 #[derive(Clone)]
 pub struct ApiContext {
     pub db: PgPool,
     pub config: Arc<HttpConfig>,
+    pub registry: Arc<Registry>,
+    pub events: EventHub,
 }
 
 #[derive(Clone, Debug)]
@@ -41,14 +52,29 @@ pub struct AppState {
     pub leptos_options: LeptosOptions,
 }
 
-pub fn router(api: ApiContext) -> Router {
-    let static_dir = api.config.static_dir.clone();
-    let leptos_options = crate::ui::leptos_options(&static_dir);
-    let state = AppState { api: api.clone(), leptos_options };
-    let api_routes = Router::new()
+/// The REST API and its OpenAPI document, built from the same handlers.
+pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, mut openapi) = OpenApiRouter::with_openapi(docs::base())
         .merge(datasets::router())
         .merge(questions::router())
-        .fallback(|| async { crate::error::Error::NotFound("API endpoint".to_owned()) });
+        .merge(models::router())
+        .merge(experiments::router())
+        .merge(runs::router())
+        .merge(jobs::router())
+        .split_for_parts();
+    openapi.servers = Some(vec![utoipa::openapi::Server::new("/api/v1")]);
+    (router, openapi)
+}
+
+pub fn router(api_ctx: ApiContext) -> Router {
+    let static_dir = api_ctx.config.static_dir.clone();
+    let leptos_options = crate::ui::leptos_options(&static_dir);
+    let state = AppState { api: api_ctx, leptos_options };
+    let (api_routes, openapi) = api();
+    let api_routes = api_routes
+        .merge(docs::router(openapi))
+        .fallback(|| async { crate::error::Error::NotFound("API endpoint".to_owned()) })
+        .method_not_allowed_fallback(|| async { crate::error::Error::MethodNotAllowed });
     Router::new()
         .merge(health::router())
         .nest("/api/v1", api_routes)
