@@ -205,3 +205,47 @@ async fn openapi_document_covers_the_api() {
     let page = app.get("/api/v1/docs").await.text().await.unwrap();
     assert!(page.contains("/api/v1/openapi.json"));
 }
+
+#[tokio::test]
+async fn explanation_endpoints_filter_and_reject_bad_input() {
+    let app = TestApp::spawn().await;
+    // CHAMP-style references come with a JSONL import too.
+    let rows = [
+        json!({"question": "1+1?", "solution": "2", "reasoning_trace": "one and one"}),
+        json!({"question": "2+2?", "solution": "4"}),
+    ];
+    let content = rows.iter().map(Value::to_string).collect::<Vec<_>>().join("\n");
+    let (_, ds) =
+        app.post_json("/api/v1/datasets", &json!({"source": "jsonl", "name": "refs", "content": content})).await;
+    let (status, page) = app.get_json(&format!("/api/v1/explanations?dataset_id={}&origin=reference", ds["id"])).await;
+    assert_eq!(status, 200, "{page}");
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["completion"], "one and one");
+    assert_eq!(items[0]["reward"], Value::Null, "not scored yet");
+    let (_, none) = app.get_json("/api/v1/explanations?origin=teacher").await;
+    assert_eq!(none["items"], json!([]));
+    let (_, unannotated) = app.get_json("/api/v1/explanations?has_annotation=false").await;
+    assert_eq!(unannotated["items"].as_array().unwrap().len(), 1);
+    let (_, annotated) = app.get_json("/api/v1/explanations?has_annotation=true").await;
+    assert_eq!(annotated["items"], json!([]));
+    let (_, scored) = app.get_json("/api/v1/explanations?min_reward=-5").await;
+    assert_eq!(scored["items"], json!([]), "unscored explanations have no reward to compare");
+    let (status, detail) = app.get_json(&format!("/api/v1/explanations/{}", items[0]["id"])).await;
+    assert_eq!((status, detail["rewards"].clone()), (200, json!([])));
+
+    for (query, field) in [
+        ("origin=model", "origin"),
+        ("limit=0", "limit"),
+        ("limit=501", "limit"),
+        ("cursor=abc", "cursor"),
+        ("min_reward=low", "min_reward"),
+        ("has_annotation=maybe", "has_annotation"),
+        ("run_id=1.5", "run_id"),
+    ] {
+        let (status, err) = app.get_json(&format!("/api/v1/explanations?{query}")).await;
+        assert_eq!((status, err["error"]["field"].as_str()), (400, Some(field)), "{query}: {err}");
+    }
+    let (status, _) = app.get_json("/api/v1/explanations/424242").await;
+    assert_eq!(status, 404);
+}

@@ -8,6 +8,7 @@ pub mod demo;
 pub mod embedded_pg;
 pub mod error;
 pub mod experiments;
+pub mod explanations;
 pub mod http;
 pub mod import;
 pub mod jobs;

@@ -6,11 +6,13 @@
 mod config;
 mod datasets;
 mod experiments;
+mod explanations;
 mod jobs;
 mod page;
 
 pub use config::*;
 pub use datasets::*;
 pub use experiments::*;
+pub use explanations::*;
 pub use jobs::*;
 pub use page::*;

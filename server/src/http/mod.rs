@@ -4,6 +4,7 @@
 mod datasets;
 mod docs;
 mod experiments;
+mod explanations;
 mod extract;
 mod health;
 mod jobs;
@@ -59,6 +60,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(questions::router())
         .merge(models::router())
         .merge(experiments::router())
+        .merge(explanations::router())
         .merge(runs::router())
         .merge(jobs::router())
         .split_for_parts();
