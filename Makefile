@@ -7,15 +7,21 @@ export SQLX_OFFLINE ?= true
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 RLT := $(TARGET_DIR)/release/rlt
 
-.PHONY: run test build deps test-deps assets check fmt clippy sqlx-prepare clean-db
+.PHONY: run test fuzz build deps test-deps assets check fmt clippy sqlx-prepare
 
 ## Set up everything that is missing, then serve the app with demo data.
 run: deps assets build
 	$(RLT) serve
 
-## Run every test (unit, integration on a real Postgres, browser).
+## Run every test (unit, integration on a real Postgres, browser), then the
+## OpenAPI contract fuzzer.
 test: deps test-deps assets build
 	scripts/test.sh
+	scripts/fuzz.sh
+
+## Only the OpenAPI contract test (schemathesis against a live server).
+fuzz: deps assets build
+	scripts/fuzz.sh
 
 deps:
 	scripts/install-deps.sh postgres

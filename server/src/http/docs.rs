@@ -27,7 +27,7 @@ pub fn base() -> OpenApi {
 }
 
 pub fn router(openapi: OpenApi) -> Router<AppState> {
-    let doc = std::sync::Arc::new(openapi);
+    let doc = std::sync::Arc::new(finish(openapi));
     Router::new()
         .route("/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
         .route("/docs", get(|| async { Html(DOCS_PAGE) }))
@@ -52,3 +52,35 @@ const DOCS_PAGE: &str = r##"<!DOCTYPE html>
 </body>
 </html>
 "##;
+
+/// Adds what is true of every operation but tedious to annotate on each: any
+/// of them can answer 400 with an error body (malformed path, query or
+/// body). The import variants also get their `source` tag as an allowed
+/// property, which the generated `oneOf` would otherwise forbid.
+fn finish(openapi: OpenApi) -> serde_json::Value {
+    let mut doc = serde_json::to_value(openapi).expect("the OpenAPI document serializes");
+    let bad_request = serde_json::json!({
+        "description": "The path, query or body is malformed; `field` names the culprit.",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    });
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for item in paths.values_mut() {
+            for method in ["get", "post", "put", "patch", "delete"] {
+                if let Some(responses) = item.get_mut(method).and_then(|op| op["responses"].as_object_mut()) {
+                    responses.entry("400").or_insert_with(|| bad_request.clone());
+                }
+            }
+        }
+    }
+    for (schema, tag) in [("ChampImport", "champ"), ("JsonlImport", "jsonl"), ("SyntheticImport", "synthetic")] {
+        let variant = &mut doc["components"]["schemas"][schema];
+        if let Some(props) = variant["properties"].as_object_mut() {
+            props.insert("source".to_owned(), serde_json::json!({"type": "string", "enum": [tag]}));
+        }
+        match variant["required"].as_array_mut() {
+            Some(required) => required.push("source".into()),
+            None => variant["required"] = serde_json::json!(["source"]),
+        }
+    }
+    doc
+}
