@@ -8,6 +8,11 @@ use crate::{datasets, models};
 
 /// sha256 of the config's canonical JSON (struct field order is fixed).
 pub fn config_hash(config: &ExperimentConfig) -> String {
+    config_hash_of(config)
+}
+
+/// sha256 of any config's JSON, e.g. a reward config.
+pub fn config_hash_of<T: serde::Serialize>(config: &T) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(serde_json::to_vec(config).expect("configs serialize")))
 }

@@ -75,3 +75,43 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<ModelInfo> {
     .map(Into::into)
     .ok_or_else(|| Error::NotFound(format!("model {id}")))
 }
+
+/// The default model's name in the registry.
+pub const DEFAULT_NAME: &str = "SmolLM2-135M-Instruct";
+/// Where `scripts/fetch-assets.sh` puts it, under the data directory.
+pub const DEFAULT_FILE: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Registers a model file or Hugging Face directory by its content hash and
+/// architecture (read from the files, not trusted from the caller).
+pub async fn register(pool: &PgPool, name: &str, path: &std::path::Path) -> Result<ModelInfo> {
+    let owned = path.to_path_buf();
+    let (sha256, architecture, format) = tokio::task::spawn_blocking(move || rlt_engine::load::fingerprint(&owned))
+        .await
+        .map_err(|e| Error::Internal(e.into()))?
+        .map_err(|e| Error::invalid(Some("path".to_owned()), format!("{}: {e}", path.display())))?;
+    upsert(pool, name, format, &path.display().to_string(), &sha256, &architecture).await
+}
+
+/// The default model, registered on first use.
+pub async fn ensure_default(pool: &PgPool, data_dir: &std::path::Path) -> Result<ModelInfo> {
+    let path = data_dir.join(DEFAULT_FILE);
+    let path = path.canonicalize().map_err(|e| {
+        Error::invalid(
+            Some("model".to_owned()),
+            format!("the default model {} is missing ({e}); `make run` fetches it", path.display()),
+        )
+    })?;
+    let existing = sqlx::query_as!(
+        Row,
+        "SELECT id, name, format, path, sha256, architecture, created_at FROM models WHERE name = $1 AND path = $2
+         ORDER BY id DESC LIMIT 1",
+        DEFAULT_NAME,
+        path.display().to_string()
+    )
+    .fetch_optional(pool)
+    .await?;
+    match existing {
+        Some(row) => Ok(row.into()),
+        None => register(pool, DEFAULT_NAME, &path).await,
+    }
+}

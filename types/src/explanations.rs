@@ -91,3 +91,44 @@ pub struct ExplanationDetail {
     pub sampling: Option<serde_json::Value>,
     pub rewards: Vec<RewardRecord>,
 }
+
+/// One explanation to score: `completion` is what the teacher wrote after
+/// `<|begin_of_explanation|>\n\n`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreItem {
+    pub question: String,
+    pub solution: String,
+    pub completion: String,
+}
+
+/// Body of `POST /api/v1/score`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreRequest {
+    pub items: Vec<ScoreItem>,
+    /// Defaults to the default model (SmolLM2-135M-Instruct).
+    #[serde(default)]
+    pub teacher_model_id: Option<i64>,
+    #[serde(default)]
+    pub student_model_id: Option<i64>,
+    /// Defaults to the RLT reference configuration.
+    #[serde(default)]
+    pub reward_config: Option<crate::RewardConfig>,
+}
+
+/// A scored item, or why it could not be scored. `rlt score` writes these,
+/// one per input line, in input order.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ScoreOutcome {
+    Scored(ScoreResult),
+    Failed {
+        /// 1-based input line (CLI) or item index + 1 (API).
+        line: u64,
+        error: String,
+    },
+}

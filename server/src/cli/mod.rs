@@ -1,8 +1,10 @@
 //! The `rlt` command line. Every flag has an environment-variable twin.
 
 mod db;
+mod generate;
 mod import;
 mod jobs;
+mod score;
 mod serve;
 mod worker;
 
@@ -44,6 +46,12 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Import a dataset (CHAMP, JSONL or synthetic arithmetic).
     Import(import::ImportArgs),
+    /// Score explanations with the RLT reward (JSONL in, JSONL out).
+    Score(score::ScoreArgs),
+    /// Sample completions from a model.
+    Generate(generate::GenerateArgs),
+    /// Per-token log-probs of a text under a model, as JSON.
+    Logprobs(generate::LogprobsArgs),
     /// Run a stand-alone job worker (e.g. on a GPU machine) against DATABASE_URL.
     Worker(worker::WorkerCommand),
     /// Submit, list, follow, cancel and retry jobs.
@@ -56,6 +64,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(&cli.global, args).await,
         Command::Import(args) => import::run(&cli.global, args).await,
+        Command::Score(args) => score::run(&cli.global, args).await,
+        Command::Generate(args) => generate::run_generate(&cli.global, args).await,
+        Command::Logprobs(args) => generate::run_logprobs(&cli.global, args).await,
         Command::Worker(args) => worker::run(&cli.global, args).await,
         Command::Jobs(args) => jobs::run(&cli.global, args).await,
         Command::Db(args) => db::run(&cli.global, args).await,

@@ -11,6 +11,7 @@ mod jobs;
 mod models;
 mod questions;
 mod runs;
+mod score;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -63,6 +64,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(explanations::router())
         .merge(runs::router())
         .merge(jobs::router())
+        .merge(score::router())
         .split_for_parts();
     openapi.servers = Some(vec![utoipa::openapi::Server::new("/api/v1")]);
     (router, openapi)

@@ -19,6 +19,8 @@ pub struct JobContext {
     pub job: ClaimedJob,
     pub worker_id: String,
     pub data_dir: std::path::PathBuf,
+    /// Device models run on: `cpu` or `cuda`.
+    device: String,
     cancelled: Arc<AtomicBool>,
     started: Instant,
 }
@@ -34,9 +36,14 @@ impl JobContext {
         job: ClaimedJob,
         worker_id: String,
         data_dir: std::path::PathBuf,
+        device: String,
         cancelled: Arc<AtomicBool>,
     ) -> Self {
-        JobContext { db, job, worker_id, data_dir, cancelled, started: Instant::now() }
+        JobContext { db, job, worker_id, data_dir, device, cancelled, started: Instant::now() }
+    }
+
+    pub fn device(&self) -> &str {
+        &self.device
     }
 
     pub fn params<T: DeserializeOwned>(&self) -> Result<T> {

@@ -4,6 +4,7 @@
 pub mod context;
 pub mod events;
 pub mod kind;
+pub mod kinds;
 pub mod queue;
 pub mod registry;
 pub mod submit;

@@ -15,6 +15,8 @@ impl Registry {
     /// Every kind of this build. A new kind is one module plus one line here.
     pub fn standard() -> Self {
         Registry::default()
+            .with(std::sync::Arc::new(super::kinds::generate::Generate))
+            .with(std::sync::Arc::new(super::kinds::score::Score))
     }
 
     pub fn with(mut self, kind: SharedKind) -> Self {

@@ -123,7 +123,14 @@ async fn run_one(
     let cancelled = Arc::new(AtomicBool::new(false));
     let interrupted = Arc::new(AtomicBool::new(false));
     let lost = Arc::new(AtomicBool::new(false));
-    let ctx = JobContext::new(db.clone(), job.clone(), config.id.clone(), config.data_dir.clone(), cancelled.clone());
+    let ctx = JobContext::new(
+        db.clone(),
+        job.clone(),
+        config.id.clone(),
+        config.data_dir.clone(),
+        config.device.as_str().to_owned(),
+        cancelled.clone(),
+    );
 
     let heartbeat = {
         let (db, config, cancelled, interrupted, lost, mut shutdown) =

@@ -1,0 +1,305 @@
+//! Chat templates rendered with minijinja, byte-identical to Hugging Face
+//! `tokenizer.apply_chat_template`.
+//!
+//! transformers compiles templates in a sandboxed Jinja2 environment with
+//! `trim_blocks` and `lstrip_blocks`, a `raise_exception` global and its own
+//! `tojson` (no HTML escaping, Python's `json.dumps` spacing). The same
+//! settings are reproduced here.
+
+use minijinja::value::{Value, ValueKind};
+use minijinja::{Environment, ErrorKind, context};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self { role: role.into(), content: content.into() }
+    }
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::new("system", content)
+    }
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::new("user", content)
+    }
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self::new("assistant", content)
+    }
+}
+
+/// How the end of the conversation is rendered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ending {
+    /// Render the messages as they are (complete turns).
+    #[default]
+    Complete,
+    /// Append the header of a new assistant turn (`add_generation_prompt`).
+    GenerationPrompt,
+    /// Leave the final assistant message open so the model continues it
+    /// (`continue_final_message`): no end-of-turn token after its content.
+    ContinueFinal,
+}
+
+/// A compiled chat template with the special tokens it may refer to.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    source: String,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTemplate").field("source", &self.source).finish()
+    }
+}
+
+impl Clone for ChatTemplate {
+    fn clone(&self) -> Self {
+        Self::new(&self.source, self.bos_token.clone(), self.eos_token.clone()).expect("template compiled once already")
+    }
+}
+
+fn template_err(e: minijinja::Error) -> Error {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        msg.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    Error::ChatTemplate(msg)
+}
+
+impl ChatTemplate {
+    pub fn new(source: &str, bos_token: Option<String>, eos_token: Option<String>) -> Result<Self> {
+        let mut env = Environment::new();
+        env.set_syntax(
+            minijinja::syntax::SyntaxConfig::builder()
+                .trim_blocks(true)
+                .lstrip_blocks(true)
+                .build()
+                .map_err(template_err)?,
+        );
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<Value, minijinja::Error> {
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+        });
+        env.add_filter("tojson", python_tojson);
+        env.set_unknown_method_callback(python_methods);
+        env.add_template_owned("chat", source.to_string()).map_err(template_err)?;
+        Ok(Self { env, source: source.to_string(), bos_token, eos_token })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Renders `messages`. With [`Ending::ContinueFinal`] the text is cut
+    /// right after the final message's content, as transformers does.
+    pub fn render(&self, messages: &[Message], ending: Ending) -> Result<String> {
+        if ending != Ending::ContinueFinal {
+            return self.render_raw(messages, ending == Ending::GenerationPrompt);
+        }
+        let last = messages.last().ok_or_else(|| Error::ChatTemplate("continuing an empty conversation".into()))?;
+        if last.role != "assistant" {
+            return Err(Error::ChatTemplate(format!(
+                "continuing a final message needs an assistant message last, got `{}`",
+                last.role
+            )));
+        }
+        // transformers (render_jinja_template) appends a marker to the final
+        // content, renders, and cuts at the marker: the cut then falls right
+        // after the content whatever the template writes after it.
+        let mut tagged = messages.to_vec();
+        if let Some(m) = tagged.last_mut() {
+            m.content.push_str(CONTINUE_TAG);
+        }
+        let rendered = self.render_raw(&tagged, false)?;
+        let tag = CONTINUE_TAG.trim_end();
+        if !rendered.contains(py_strip(&last.content)) || !rendered.contains(tag) {
+            return Err(Error::ChatTemplate(
+                "the final message does not appear in the rendered chat, so it cannot be continued".into(),
+            ));
+        }
+        let loc = rendered.rfind(tag).expect("checked above");
+        Ok(if rendered[loc..].starts_with(CONTINUE_TAG) {
+            rendered[..loc].to_string()
+        } else {
+            // The template trimmed the message's trailing space.
+            rendered[..loc].trim_end_matches(py_is_space).to_string()
+        })
+    }
+
+    fn render_raw(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        let tmpl = self.env.get_template("chat").map_err(template_err)?;
+        tmpl.render(context! {
+            messages => Value::from(minijinja::value::Serde(messages)),
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token.clone(),
+            eos_token => self.eos_token.clone(),
+        })
+        .map_err(template_err)
+    }
+}
+
+/// The marker transformers appends to a message being continued.
+const CONTINUE_TAG: &str = "CONTINUE_FINAL_MESSAGE_TAG ";
+
+fn py_is_space(c: char) -> bool {
+    // Python's str.isspace: Unicode whitespace plus the ASCII separators.
+    c.is_whitespace() || ('\x1c'..='\x1f').contains(&c)
+}
+
+fn py_strip(s: &str) -> &str {
+    s.trim_matches(py_is_space)
+}
+
+/// transformers' `tojson`: `json.dumps(x, ensure_ascii=False, indent=indent)`.
+fn python_tojson(value: Value, indent: Option<usize>) -> std::result::Result<Value, minijinja::Error> {
+    let json =
+        serde_json::to_value(&value).map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    let mut out = String::new();
+    write_py_json(&json, indent, 0, &mut out);
+    Ok(Value::from_safe_string(out))
+}
+
+fn write_py_json(v: &serde_json::Value, indent: Option<usize>, depth: usize, out: &mut String) {
+    use serde_json::Value as J;
+    let newline = |out: &mut String, depth: usize| {
+        if let Some(n) = indent {
+            out.push('\n');
+            out.push_str(&" ".repeat(n * depth));
+        }
+    };
+    // With an indent Python uses "," + newline; without, ", ".
+    let sep = if indent.is_some() { "," } else { ", " };
+    match v {
+        J::Array(items) if !items.is_empty() => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(sep);
+                }
+                newline(out, depth + 1);
+                write_py_json(item, indent, depth + 1, out);
+            }
+            newline(out, depth);
+            out.push(']');
+        }
+        J::Object(map) if !map.is_empty() => {
+            out.push('{');
+            for (i, (k, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(sep);
+                }
+                newline(out, depth + 1);
+                out.push_str(&serde_json::to_string(k).unwrap_or_default());
+                out.push_str(": ");
+                write_py_json(item, indent, depth + 1, out);
+            }
+            newline(out, depth);
+            out.push('}');
+        }
+        other => out.push_str(&serde_json::to_string(other).unwrap_or_default()),
+    }
+}
+
+/// The Python string and dict methods that chat templates call.
+fn python_methods(
+    _state: &mut minijinja::State,
+    value: &Value,
+    method: &str,
+    args: &[Value],
+) -> std::result::Result<Value, minijinja::Error> {
+    let unknown = || Err(minijinja::Error::from(ErrorKind::UnknownMethod));
+    let arg_str = |i: usize| args.get(i).and_then(|a| a.as_str().map(str::to_string));
+    if let Some(s) = value.as_str() {
+        let chars = arg_str(0);
+        let set = |c: char| match &chars {
+            Some(cs) => cs.contains(c),
+            None => py_is_space(c),
+        };
+        return Ok(match method {
+            "strip" => Value::from(s.trim_matches(set)),
+            "lstrip" => Value::from(s.trim_start_matches(set)),
+            "rstrip" => Value::from(s.trim_end_matches(set)),
+            "startswith" => Value::from(arg_str(0).is_some_and(|p| s.starts_with(&p))),
+            "endswith" => Value::from(arg_str(0).is_some_and(|p| s.ends_with(&p))),
+            "upper" => Value::from(s.to_uppercase()),
+            "lower" => Value::from(s.to_lowercase()),
+            "title" => Value::from(title_case(s)),
+            "replace" => match (arg_str(0), arg_str(1)) {
+                (Some(a), Some(b)) => Value::from(s.replace(&a, &b)),
+                _ => return unknown(),
+            },
+            "split" => {
+                let parts: Vec<Value> = match arg_str(0) {
+                    Some(sep) => s.split(sep.as_str()).map(Value::from).collect(),
+                    None => s.split(py_is_space).filter(|p| !p.is_empty()).map(Value::from).collect(),
+                };
+                Value::from(parts)
+            }
+            _ => return unknown(),
+        });
+    }
+    if value.kind() == ValueKind::Map {
+        return match method {
+            "items" => Ok(Value::from(
+                value
+                    .try_iter()?
+                    .map(|k| {
+                        let v = value.get_item(&k).unwrap_or_default();
+                        Value::from(vec![k, v])
+                    })
+                    .collect::<Vec<_>>(),
+            )),
+            "keys" => Ok(Value::from(value.try_iter()?.collect::<Vec<_>>())),
+            "values" => {
+                Ok(Value::from(value.try_iter()?.map(|k| value.get_item(&k).unwrap_or_default()).collect::<Vec<_>>()))
+            }
+            "get" => {
+                let key = args.first().cloned().unwrap_or_default();
+                let v = value.get_item(&key).unwrap_or_default();
+                Ok(if v.is_undefined() { args.get(1).cloned().unwrap_or(Value::from(())) } else { v })
+            }
+            _ => unknown(),
+        };
+    }
+    unknown()
+}
+
+fn title_case(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut prev_alpha = false;
+    for c in s.chars() {
+        if prev_alpha {
+            out.extend(c.to_lowercase());
+        } else {
+            out.extend(c.to_uppercase());
+        }
+        prev_alpha = c.is_alphabetic();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tojson_matches_python_dumps() {
+        let v = serde_json::json!({"b": [1, "x<y"], "a": {}});
+        let mut out = String::new();
+        write_py_json(&v, None, 0, &mut out);
+        assert_eq!(out, r#"{"a": {}, "b": [1, "x<y"]}"#);
+        let mut out = String::new();
+        write_py_json(&serde_json::json!([1, [2]]), Some(2), 0, &mut out);
+        assert_eq!(out, "[\n  1,\n  [\n    2\n  ]\n]");
+    }
+}

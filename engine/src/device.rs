@@ -1,0 +1,46 @@
+//! Choosing the device the models run on.
+//!
+//! CPU is the default. On CPU, candle runs its kernels on one thread per
+//! physical core unless `RAYON_NUM_THREADS` (or `CANDLE_NUM_THREADS` for
+//! its quantized kernels) says otherwise.
+
+use candle_core::Device;
+
+use crate::error::{Error, Result};
+
+/// Parses `cpu`, `cuda`, `cuda:N` or `metal`. A GPU name in a build
+/// without the matching cargo feature is an error, not a silent CPU
+/// fallback.
+pub fn parse_device(name: &str) -> Result<Device> {
+    let name = name.trim().to_ascii_lowercase();
+    let gpu = |r: candle_core::Result<Device>, what: &str| {
+        r.map_err(|e| Error::Device(format!("{what} is not available ({e}); build with the matching cargo feature")))
+    };
+    match name.as_str() {
+        "" | "cpu" => Ok(Device::Cpu),
+        "metal" => gpu(Device::new_metal(0), "metal"),
+        "cuda" => gpu(Device::new_cuda(0), "cuda"),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => gpu(Device::new_cuda(i), other),
+            _ => Err(Error::Device(format!("unknown device `{other}` (use cpu, cuda, cuda:N or metal)"))),
+        },
+    }
+}
+
+/// Threads candle uses for CPU kernels.
+pub fn cpu_threads() -> usize {
+    candle_core::utils::get_num_threads()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cpu_and_rejects_unknown() {
+        assert!(parse_device("cpu").unwrap().is_cpu());
+        assert!(matches!(parse_device("tpu"), Err(Error::Device(_))));
+        #[cfg(not(feature = "cuda"))]
+        assert!(matches!(parse_device("cuda:0"), Err(Error::Device(_))));
+    }
+}

@@ -1,0 +1,71 @@
+//! The crate's one error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the engine. Variants name the problem in
+/// terms a user can act on (which file, which parameter), so callers can show
+/// `to_string()` directly.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("model file not found: {0}")]
+    ModelNotFound(PathBuf),
+
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{path} is not a valid GGUF file: {reason}")]
+    CorruptGguf { path: PathBuf, reason: String },
+
+    #[error("{path} is not a valid model directory: {reason}")]
+    BadModelDir { path: PathBuf, reason: String },
+
+    #[error("unsupported model architecture `{0}` (supported: llama, qwen2)")]
+    UnsupportedArchitecture(String),
+
+    #[error("missing or invalid model metadata `{key}`: {reason}")]
+    Metadata { key: String, reason: String },
+
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
+
+    #[error("invalid sampling parameter: {0}")]
+    InvalidSampling(String),
+
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+
+    #[error("sequence of {len} tokens exceeds the model's context of {context} tokens")]
+    ContextOverflow { len: usize, context: usize },
+
+    #[error("device: {0}")]
+    Device(String),
+
+    #[error("cancelled")]
+    Cancelled,
+
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            Error::ModelNotFound(path.into())
+        } else {
+            Error::Io { path: path.into(), source }
+        }
+    }
+
+    pub(crate) fn metadata(key: impl Into<String>, reason: impl ToString) -> Self {
+        Error::Metadata { key: key.into(), reason: reason.to_string() }
+    }
+}

@@ -1,0 +1,282 @@
+//! Reading GGUF files: metadata, model config, and weights under Hugging
+//! Face tensor names.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::quantized::QTensor;
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Error, Result};
+use crate::model::{Architecture, Config};
+
+/// Quantized matrices and dense small tensors, both under Hugging Face names.
+pub type QuantizedTensors = (HashMap<String, Arc<QTensor>>, HashMap<String, Tensor>);
+
+/// An open GGUF file whose header (metadata and tensor index) has been read.
+pub struct GgufFile {
+    path: PathBuf,
+    content: Content,
+    reader: BufReader<File>,
+}
+
+impl GgufFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut reader = BufReader::new(file);
+        let content = Content::read(&mut reader)
+            .map_err(|e| Error::CorruptGguf { path: path.to_path_buf(), reason: e.to_string() })?;
+        Ok(Self { path: path.to_path_buf(), content, reader })
+    }
+
+    pub fn metadata(&self) -> &HashMap<String, Value> {
+        &self.content.metadata
+    }
+
+    pub fn get(&self, key: &str) -> Result<&Value> {
+        self.content.metadata.get(key).ok_or_else(|| Error::metadata(key, "missing"))
+    }
+
+    pub fn get_str(&self, key: &str) -> Result<&str> {
+        Ok(self.get(key)?.to_string().map_err(|e| Error::metadata(key, e))?.as_str())
+    }
+
+    fn get_usize(&self, key: &str) -> Result<usize> {
+        let v = self.get(key)?;
+        let n = match v {
+            Value::U8(x) => *x as u64,
+            Value::U16(x) => *x as u64,
+            Value::U32(x) => *x as u64,
+            Value::U64(x) => *x,
+            Value::I8(x) if *x >= 0 => *x as u64,
+            Value::I16(x) if *x >= 0 => *x as u64,
+            Value::I32(x) if *x >= 0 => *x as u64,
+            Value::I64(x) if *x >= 0 => *x as u64,
+            other => return Err(Error::metadata(key, format!("not a count: {other:?}"))),
+        };
+        Ok(n as usize)
+    }
+
+    fn get_f64(&self, key: &str) -> Result<f64> {
+        match self.get(key)? {
+            Value::F32(x) => Ok(*x as f64),
+            Value::F64(x) => Ok(*x),
+            other => Err(Error::metadata(key, format!("not a number: {other:?}"))),
+        }
+    }
+
+    /// `general.architecture`, checked against the families we implement.
+    pub fn architecture(&self) -> Result<Architecture> {
+        Architecture::parse(self.get_str("general.architecture")?)
+    }
+
+    /// The decoder config, from the `{arch}.*` keys.
+    pub fn config(&self) -> Result<Config> {
+        let arch = self.architecture()?;
+        let a = arch.as_str();
+        let key = |k: &str| format!("{a}.{k}");
+        let hidden_size = self.get_usize(&key("embedding_length"))?;
+        let num_attention_heads = self.get_usize(&key("attention.head_count"))?;
+        let num_key_value_heads = self.get_usize(&key("attention.head_count_kv")).unwrap_or(num_attention_heads);
+        let head_dim = self.get_usize(&key("attention.key_length")).unwrap_or(hidden_size / num_attention_heads.max(1));
+        let embed = self
+            .content
+            .tensor_infos
+            .get("token_embd.weight")
+            .ok_or_else(|| Error::metadata("token_embd.weight", "tensor missing"))?;
+        // GGUF lists dims innermost first: [hidden, vocab].
+        let vocab_size = *embed.shape.dims().first().ok_or_else(|| Error::metadata("token_embd.weight", "no dims"))?;
+        let cfg = Config {
+            architecture: arch,
+            vocab_size,
+            hidden_size,
+            intermediate_size: self.get_usize(&key("feed_forward_length"))?,
+            num_hidden_layers: self.get_usize(&key("block_count"))?,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            rms_norm_eps: self.get_f64(&key("attention.layer_norm_rms_epsilon"))?,
+            rope_theta: self.get_f64(&key("rope.freq_base")).unwrap_or(10_000.0),
+            max_position_embeddings: self.get_usize(&key("context_length"))?,
+            tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
+            attention_bias: self.content.tensor_infos.contains_key("blk.0.attn_q.bias"),
+            rope_scaling: None,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn read_tensor(&mut self, name: &str, device: &Device) -> Result<QTensor> {
+        self.content
+            .tensor(&mut self.reader, name, device)
+            .map_err(|e| Error::CorruptGguf { path: self.path.clone(), reason: format!("tensor {name}: {e}") })
+    }
+
+    /// (GGUF name, Hugging Face name) of every tensor the decoder uses.
+    fn tensor_names(&self, cfg: &Config) -> Vec<(String, String)> {
+        let mut names = vec![
+            ("token_embd.weight".into(), "model.embed_tokens.weight".into()),
+            ("output_norm.weight".into(), "model.norm.weight".into()),
+        ];
+        if !cfg.tie_word_embeddings {
+            names.push(("output.weight".into(), "lm_head.weight".into()));
+        }
+        for i in 0..cfg.num_hidden_layers {
+            let hf = |s: &str| format!("model.layers.{i}.{s}");
+            let gg = |s: &str| format!("blk.{i}.{s}");
+            let mut add = |g: &str, h: &str| names.push((gg(g), hf(h)));
+            add("attn_norm.weight", "input_layernorm.weight");
+            add("ffn_norm.weight", "post_attention_layernorm.weight");
+            for (g, h) in
+                [("attn_q", "self_attn.q_proj"), ("attn_k", "self_attn.k_proj"), ("attn_v", "self_attn.v_proj")]
+            {
+                add(&format!("{g}.weight"), &format!("{h}.weight"));
+                if cfg.attention_bias {
+                    add(&format!("{g}.bias"), &format!("{h}.bias"));
+                }
+            }
+            add("attn_output.weight", "self_attn.o_proj.weight");
+            add("ffn_gate.weight", "mlp.gate_proj.weight");
+            add("ffn_up.weight", "mlp.up_proj.weight");
+            add("ffn_down.weight", "mlp.down_proj.weight");
+        }
+        names
+    }
+
+    /// How many heads a tensor's rows were permuted over by llama.cpp's
+    /// converter, if any. llama.cpp runs Llama with interleaved RoPE and so
+    /// permutes q/k rows at conversion; Qwen2 runs with NeoX RoPE and is
+    /// stored as is.
+    fn permuted_heads(cfg: &Config, hf_name: &str) -> Option<usize> {
+        if cfg.architecture != Architecture::Llama {
+            return None;
+        }
+        if hf_name.contains("self_attn.q_proj") {
+            Some(cfg.num_attention_heads)
+        } else if hf_name.contains("self_attn.k_proj") {
+            Some(cfg.num_key_value_heads)
+        } else {
+            None
+        }
+    }
+
+    fn dense_tensor(&mut self, cfg: &Config, gguf: &str, hf: &str, device: &Device) -> Result<Tensor> {
+        let q = self.read_tensor(gguf, device)?;
+        let t = q.dequantize(device)?.to_dtype(DType::F32)?;
+        match Self::permuted_heads(cfg, hf) {
+            Some(heads) => Ok(unpermute_rows(&t, heads)?),
+            None => Ok(t),
+        }
+    }
+
+    /// Every weight dequantized to f32, under Hugging Face names.
+    pub fn dense_tensors(&mut self, cfg: &Config, device: &Device) -> Result<HashMap<String, Tensor>> {
+        let mut out = HashMap::new();
+        for (gguf, hf) in self.tensor_names(cfg) {
+            let t = self.dense_tensor(cfg, &gguf, &hf, device)?;
+            out.insert(hf, t);
+        }
+        Ok(out)
+    }
+
+    /// Projection matrices in the file's own block format (for decoding),
+    /// plus the small tensors and the embedding table dequantized to f32.
+    /// A tied output head is kept quantized under the embedding's name.
+    /// Llama q/k rows are reordered block row by block row, so the values
+    /// stay exactly the file's.
+    pub fn quantized_tensors(&mut self, cfg: &Config, device: &Device) -> Result<QuantizedTensors> {
+        let mut matrices = HashMap::new();
+        let mut dense = HashMap::new();
+        for (gguf, hf) in self.tensor_names(cfg) {
+            let is_matrix = hf.ends_with("proj.weight") || hf == "lm_head.weight";
+            let tied_head = hf == "model.embed_tokens.weight" && cfg.tie_word_embeddings;
+            if !is_matrix {
+                if tied_head {
+                    let q = self.read_tensor(&gguf, device)?;
+                    matrices.insert(hf.clone(), Arc::new(q));
+                }
+                let t = self.dense_tensor(cfg, &gguf, &hf, device)?;
+                dense.insert(hf, t);
+                continue;
+            }
+            let q = self.read_tensor(&gguf, device)?;
+            let q = match Self::permuted_heads(cfg, &hf) {
+                Some(heads) => unpermute_block_rows(&q, heads, device)?,
+                None => q,
+            };
+            matrices.insert(hf, Arc::new(q));
+        }
+        Ok((matrices, dense))
+    }
+}
+
+/// The HF row that each GGUF row came from, for llama.cpp's q/k permutation
+/// (see [`unpermute_rows`]): `order[hf_row] = gguf_row`.
+fn unpermute_order(rows: usize, heads: usize) -> Vec<usize> {
+    let half = rows / heads / 2;
+    let mut order = Vec::with_capacity(rows);
+    for h in 0..heads {
+        for s in 0..2 {
+            for j in 0..half {
+                order.push(h * 2 * half + 2 * j + s);
+            }
+        }
+    }
+    order
+}
+
+/// [`unpermute_rows`] on a quantized matrix: rows are whole blocks, so
+/// moving their bytes keeps every value exact.
+fn unpermute_block_rows(q: &QTensor, heads: usize, device: &Device) -> Result<QTensor> {
+    let (rows, cols) = q.shape().dims2()?;
+    let dtype = q.dtype();
+    let row_bytes = cols / dtype.block_size() * dtype.type_size();
+    let data = q.data()?;
+    let mut out = Vec::with_capacity(data.len());
+    for src in unpermute_order(rows, heads) {
+        out.extend_from_slice(&data[src * row_bytes..(src + 1) * row_bytes]);
+    }
+    let storage = candle_core::quantized::QStorage::from_data(std::borrow::Cow::Owned(out), device, dtype)?;
+    Ok(QTensor::new(storage, (rows, cols))?)
+}
+
+/// Undoes llama.cpp's q/k permutation: its converter maps Hugging Face rows
+/// `[heads, 2, d/2]` to `[heads, d/2, 2]` so that interleaved RoPE pairs
+/// become adjacent.
+fn unpermute_rows(t: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let dims = t.dims().to_vec();
+    let rows = dims[0];
+    let rest: usize = dims[1..].iter().product();
+    t.reshape((heads, rows / heads / 2, 2, rest))?.transpose(1, 2)?.contiguous()?.reshape(dims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_row_order_matches_the_dense_unpermutation() {
+        let order = unpermute_order(8, 2);
+        assert_eq!(order, vec![0, 2, 1, 3, 4, 6, 5, 7]);
+        let w = Tensor::arange(0f32, 8.0 * 32.0, &Device::Cpu).unwrap().reshape((8, 32)).unwrap();
+        let q = QTensor::quantize(&w, candle_core::quantized::GgmlDType::Q8_0).unwrap();
+        let moved = unpermute_block_rows(&q, 2, &Device::Cpu).unwrap().dequantize(&Device::Cpu).unwrap();
+        let dense = unpermute_rows(&q.dequantize(&Device::Cpu).unwrap(), 2).unwrap();
+        assert_eq!(moved.to_vec2::<f32>().unwrap(), dense.to_vec2::<f32>().unwrap());
+    }
+
+    #[test]
+    fn unpermute_inverts_llama_cpp_permutation() {
+        // 2 heads of dim 4, one input column: HF rows 0..8.
+        let hf: Vec<f32> = (0..8).map(|x| x as f32).collect();
+        // llama.cpp: reshape(heads, 2, d/2).swapaxes(1, 2): head 0 -> 0,2,1,3.
+        let gguf = vec![0f32, 2., 1., 3., 4., 6., 5., 7.];
+        let t = Tensor::from_vec(gguf, (8, 1), &Device::Cpu).unwrap();
+        let back = unpermute_rows(&t, 2).unwrap().flatten_all().unwrap();
+        assert_eq!(back.to_vec1::<f32>().unwrap(), hf);
+    }
+}

@@ -1,0 +1,398 @@
+//! Loading a model with its tokenizer and chat template, from a GGUF file
+//! or a Hugging Face model directory.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use sha2::{Digest, Sha256};
+
+use crate::chat_template::ChatTemplate;
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+use crate::model::{Architecture, Config, Mode, Model, Weights};
+use crate::tokenizer::Tokenizer;
+
+/// How the weights are held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightMode {
+    /// Dense f32: exact scoring and training.
+    F32,
+    /// Dense bf16 (GPU use; on CPU f32 is faster).
+    Bf16,
+    /// Projections kept quantized for fast decoding. A GGUF keeps its own
+    /// blocks (Q4_1 and Q8_0 run on the engine's AVX2 kernels, so the
+    /// weights are exactly the file's); a Hugging Face directory, or other
+    /// block formats, are quantized to 8 bits. Activations are quantized to
+    /// 8 bits per block of 32, as llama.cpp does.
+    Quantized,
+}
+
+/// Where a model comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    Gguf(PathBuf),
+    /// A directory with `config.json`, `*.safetensors`, `tokenizer.json`.
+    HfDir(PathBuf),
+}
+
+impl ModelSource {
+    /// A directory is a Hugging Face model, anything else a GGUF file.
+    pub fn detect(path: &Path) -> Result<Self> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        Ok(if meta.is_dir() { Self::HfDir(path.to_path_buf()) } else { Self::Gguf(path.to_path_buf()) })
+    }
+
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Gguf(p) | Self::HfDir(p) => p,
+        }
+    }
+}
+
+/// A model ready to run, with everything needed to prompt it.
+#[derive(Debug, Clone)]
+pub struct LoadedModel {
+    pub model: Model,
+    pub tokenizer: Tokenizer,
+    /// None when the model ships no chat template.
+    pub chat_template: Option<ChatTemplate>,
+    /// sha256 of the GGUF file; for a directory, of its `config.json` and
+    /// weight files (sorted by name) hashed one after the other.
+    pub sha256: String,
+    pub architecture: Architecture,
+    pub config: Config,
+    pub source: ModelSource,
+    pub weight_mode: WeightMode,
+}
+
+impl LoadedModel {
+    /// The chat template, or a clear error for models without one.
+    pub fn chat_template(&self) -> Result<&ChatTemplate> {
+        self.chat_template.as_ref().ok_or_else(|| Error::ChatTemplate("the model has no chat template".into()))
+    }
+}
+
+/// Loads a model for inference.
+pub fn load_model(path: &Path, mode: WeightMode, device: &Device) -> Result<LoadedModel> {
+    load(path, mode, device, Mode::Inference).map(|(m, _)| m)
+}
+
+/// Loads a model in training mode, its weights as the variables of the
+/// returned `VarMap` (f32).
+pub fn load_trainable(path: &Path, device: &Device) -> Result<(LoadedModel, VarMap)> {
+    let (m, vars) = load(path, WeightMode::F32, device, Mode::Training)?;
+    Ok((m, vars.expect("training loads a VarMap")))
+}
+
+fn load(path: &Path, weight_mode: WeightMode, device: &Device, mode: Mode) -> Result<(LoadedModel, Option<VarMap>)> {
+    let source = ModelSource::detect(path)?;
+    let parts = match &source {
+        ModelSource::Gguf(p) => gguf_parts(p, weight_mode, device)?,
+        ModelSource::HfDir(p) => hf_parts(p, weight_mode, device)?,
+    };
+    let Parts { config, tokenizer, chat_template, sha256, weights } = parts;
+    let (model, varmap) = match (weights, mode) {
+        (WeightSet::Dense(tensors, dtype), Mode::Training) => {
+            let varmap = VarMap::new();
+            {
+                let mut data = varmap.data().lock().map_err(|_| Error::InvalidInput("poisoned VarMap".into()))?;
+                for (name, t) in tensors {
+                    data.insert(name, candle_core::Var::from_tensor(&t)?);
+                }
+            }
+            let vb = VarBuilder::from_varmap(&varmap, dtype, device);
+            (Model::new_trainable(&config, vb)?, Some(varmap))
+        }
+        (WeightSet::Dense(tensors, dtype), Mode::Inference) => {
+            let vb = VarBuilder::from_tensors(tensors, dtype, device);
+            (Model::new(&config, vb)?, None)
+        }
+        (WeightSet::Mapped(vb), Mode::Inference) => (Model::new(&config, vb)?, None),
+        (WeightSet::MappedQ8(vb), Mode::Inference) => {
+            (Model::load(&config, Weights::DenseQ8(vb), Mode::Inference)?, None)
+        }
+        (WeightSet::Mapped(vb), Mode::Training) => {
+            let varmap = VarMap::new();
+            let names = tensor_names(&config);
+            {
+                let mut data = varmap.data().lock().map_err(|_| Error::InvalidInput("poisoned VarMap".into()))?;
+                for name in names {
+                    let t = vb.get_unchecked(&name)?;
+                    data.insert(name, candle_core::Var::from_tensor(&t)?);
+                }
+            }
+            let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+            (Model::new_trainable(&config, vb)?, Some(varmap))
+        }
+        (WeightSet::Quantized(matrices, dense), Mode::Inference) => {
+            let vb = VarBuilder::from_tensors(dense, DType::F32, device);
+            let w = Weights::Quantized { matrices: &matrices, dense: vb };
+            (Model::load(&config, w, Mode::Inference)?, None)
+        }
+        (WeightSet::Quantized(..) | WeightSet::MappedQ8(_), Mode::Training) => {
+            return Err(Error::InvalidInput("quantized weights cannot be trained".into()));
+        }
+    };
+    Ok((
+        LoadedModel {
+            model,
+            tokenizer,
+            chat_template,
+            sha256,
+            architecture: config.architecture,
+            config,
+            source,
+            weight_mode,
+        },
+        varmap,
+    ))
+}
+
+enum WeightSet<'a> {
+    Dense(HashMap<String, Tensor>, DType),
+    Mapped(VarBuilder<'a>),
+    MappedQ8(VarBuilder<'a>),
+    Quantized(HashMap<String, Arc<QTensor>>, HashMap<String, Tensor>),
+}
+
+struct Parts<'a> {
+    config: Config,
+    tokenizer: Tokenizer,
+    chat_template: Option<ChatTemplate>,
+    sha256: String,
+    weights: WeightSet<'a>,
+}
+
+/// The Hugging Face names of every tensor the decoder reads.
+pub fn tensor_names(cfg: &Config) -> Vec<String> {
+    let mut names = vec!["model.embed_tokens.weight".to_string(), "model.norm.weight".to_string()];
+    if !cfg.tie_word_embeddings {
+        names.push("lm_head.weight".into());
+    }
+    for i in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        for n in [
+            "input_layernorm.weight",
+            "post_attention_layernorm.weight",
+            "self_attn.q_proj.weight",
+            "self_attn.k_proj.weight",
+            "self_attn.v_proj.weight",
+            "self_attn.o_proj.weight",
+            "mlp.gate_proj.weight",
+            "mlp.up_proj.weight",
+            "mlp.down_proj.weight",
+        ] {
+            names.push(format!("{p}.{n}"));
+        }
+        if cfg.attention_bias {
+            for n in ["q_proj", "k_proj", "v_proj"] {
+                names.push(format!("{p}.self_attn.{n}.bias"));
+            }
+        }
+    }
+    names
+}
+
+fn sha256_files(paths: &[PathBuf]) -> Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for p in paths {
+        let mut f = std::fs::File::open(p).map_err(|e| Error::io(p, e))?;
+        loop {
+            let n = f.read(&mut buf).map_err(|e| Error::io(p, e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn gguf_parts<'a>(path: &Path, mode: WeightMode, device: &Device) -> Result<Parts<'a>> {
+    let mut gguf = GgufFile::open(path)?;
+    let config = gguf.config()?;
+    let tokenizer = Tokenizer::from_gguf(&gguf)?;
+    let chat_template = match gguf.get_str("tokenizer.chat_template") {
+        Ok(src) => Some(ChatTemplate::new(
+            src,
+            tokenizer.bos_token().map(str::to_string),
+            tokenizer.eos_token().map(str::to_string),
+        )?),
+        Err(_) => None,
+    };
+    let weights = match mode {
+        WeightMode::F32 => WeightSet::Dense(gguf.dense_tensors(&config, device)?, DType::F32),
+        WeightMode::Bf16 => WeightSet::Dense(gguf.dense_tensors(&config, device)?, DType::BF16),
+        WeightMode::Quantized => {
+            let (m, d) = gguf.quantized_tensors(&config, device)?;
+            WeightSet::Quantized(m, d)
+        }
+    };
+    let sha256 = sha256_files(&[path.to_path_buf()])?;
+    Ok(Parts { config, tokenizer, chat_template, sha256, weights })
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::BadModelDir { path: path.to_path_buf(), reason: format!("invalid JSON: {e}") })
+}
+
+/// A special token in `tokenizer_config.json`: a string or `{"content": ..}`.
+fn special_token(cfg: &serde_json::Value, key: &str) -> Option<String> {
+    match cfg.get(key)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+        _ => None,
+    }
+}
+
+/// The directory's `*.safetensors` files, sorted by name.
+fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::BadModelDir { path: dir.to_path_buf(), reason: "no *.safetensors weight files".into() });
+    }
+    Ok(files)
+}
+
+/// What the model registry records, without loading any weights: the same
+/// sha256 as [`LoadedModel::sha256`], the architecture, and the format
+/// (`gguf` or `hf`).
+pub fn fingerprint(path: &Path) -> Result<(String, String, &'static str)> {
+    match ModelSource::detect(path)? {
+        ModelSource::Gguf(file) => {
+            let architecture = GgufFile::open(&file)?.architecture()?;
+            Ok((sha256_files(&[file])?, architecture.as_str().to_owned(), "gguf"))
+        }
+        ModelSource::HfDir(dir) => {
+            let config_path = dir.join("config.json");
+            let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+            let config = Config::from_hf_json(&text)?;
+            let mut hashed = vec![config_path];
+            hashed.extend(safetensors_files(&dir)?);
+            Ok((sha256_files(&hashed)?, config.architecture.as_str().to_owned(), "hf"))
+        }
+    }
+}
+
+fn hf_parts<'a>(dir: &Path, mode: WeightMode, device: &Device) -> Result<Parts<'a>> {
+    let bad = |reason: String| Error::BadModelDir { path: dir.to_path_buf(), reason };
+    let config_path = dir.join("config.json");
+    if !config_path.exists() {
+        return Err(bad("no config.json".into()));
+    }
+    let config_text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+    let config = Config::from_hf_json(&config_text)?;
+
+    let weight_files = safetensors_files(dir)?;
+
+    let tok_cfg_path = dir.join("tokenizer_config.json");
+    let tok_cfg = if tok_cfg_path.exists() { read_json(&tok_cfg_path)? } else { serde_json::Value::Null };
+    let bos = special_token(&tok_cfg, "bos_token");
+    let eos = special_token(&tok_cfg, "eos_token");
+    let gen_cfg_path = dir.join("generation_config.json");
+    let extra_stop: Vec<u32> = if gen_cfg_path.exists() {
+        match read_json(&gen_cfg_path)?.get("eos_token_id") {
+            Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+            _ => Vec::new(),
+        }
+    } else {
+        Vec::new()
+    };
+    let tok_path = dir.join("tokenizer.json");
+    if !tok_path.exists() {
+        return Err(bad("no tokenizer.json".into()));
+    }
+    let tokenizer = Tokenizer::from_hf_file(&tok_path, bos.clone(), eos.clone(), &extra_stop)?;
+
+    // Newer repositories keep the template in its own file.
+    let template_file = dir.join("chat_template.jinja");
+    let template_src = if template_file.exists() {
+        Some(std::fs::read_to_string(&template_file).map_err(|e| Error::io(&template_file, e))?)
+    } else {
+        match tok_cfg.get("chat_template") {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            // A list of named templates: use the default one.
+            Some(serde_json::Value::Array(list)) => list
+                .iter()
+                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
+            _ => None,
+        }
+    };
+    let chat_template = template_src.map(|src| ChatTemplate::new(&src, bos, eos)).transpose()?;
+
+    let dtype = match mode {
+        WeightMode::Bf16 => DType::BF16,
+        _ => DType::F32,
+    };
+    // SAFETY: the files are memory-mapped read-only; like every mmap
+    // loader this assumes nobody rewrites them while the model is loaded.
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&weight_files, dtype, device)? };
+    let weights = match mode {
+        WeightMode::F32 | WeightMode::Bf16 => {
+            for name in tensor_names(&config) {
+                if !vb.contains_tensor(&name) {
+                    return Err(bad(format!("weights lack tensor `{name}`")));
+                }
+            }
+            WeightSet::Mapped(vb)
+        }
+        WeightMode::Quantized if device.is_cpu() && crate::kernels::Q8Matrix::supported() => {
+            for name in tensor_names(&config) {
+                if !vb.contains_tensor(&name) {
+                    return Err(bad(format!("weights lack tensor `{name}`")));
+                }
+            }
+            WeightSet::MappedQ8(vb)
+        }
+        WeightMode::Quantized => {
+            let mut matrices = HashMap::new();
+            let mut dense = HashMap::new();
+            for name in tensor_names(&config) {
+                if !vb.contains_tensor(&name) {
+                    return Err(bad(format!("weights lack tensor `{name}`")));
+                }
+                let t = vb.get_unchecked(&name)?.to_dtype(DType::F32)?;
+                let is_matrix = name.ends_with("proj.weight") || name == "lm_head.weight";
+                if is_matrix {
+                    matrices.insert(name, Arc::new(QTensor::quantize(&t, GgmlDType::Q8_0)?));
+                } else {
+                    if name == "model.embed_tokens.weight" && config.tie_word_embeddings {
+                        matrices.insert(name.clone(), Arc::new(QTensor::quantize(&t, GgmlDType::Q8_0)?));
+                    }
+                    dense.insert(name, t);
+                }
+            }
+            WeightSet::Quantized(matrices, dense)
+        }
+    };
+    let mut hashed = vec![config_path];
+    hashed.extend(weight_files);
+    let sha256 = sha256_files(&hashed)?;
+    Ok(Parts { config, tokenizer, chat_template, sha256, weights })
+}
+
+#[cfg(test)]
+mod tests {
+    /// The server shares one loaded model across worker threads.
+    #[test]
+    fn loaded_model_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<super::LoadedModel>();
+    }
+}

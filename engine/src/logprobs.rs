@@ -1,0 +1,121 @@
+//! Teacher-forced log-probabilities: `log_softmax(logits / τ)` of each
+//! actual next token, as the RLT reward and GRPO use them.
+
+use candle_core::{D, DType, Tensor};
+
+use crate::error::{Error, Result};
+use crate::model::{Mode, Model};
+
+/// Positions whose logits are materialised at once. The full `[t, vocab]`
+/// logits of a 2048-token sequence take 400 MB in f32; 128 rows take 25 MB,
+/// which also stays under glibc's largest mmap threshold (32 MB), so the
+/// buffer is recycled instead of being mapped and page-faulted anew.
+const LOGIT_CHUNK: usize = 128;
+
+/// Token budget (rows × padded length) of one forward batch. On CPU a batch
+/// gains little over a long single sequence, and padding costs compute, so
+/// batches stay modest.
+const BATCH_TOKENS: usize = 4096;
+
+pub(crate) fn check_temperature(temperature: f64) -> Result<()> {
+    if !(temperature.is_finite() && temperature > 0.0) {
+        return Err(Error::InvalidSampling(format!(
+            "temperature must be a positive number for log-probs, got {temperature}"
+        )));
+    }
+    Ok(())
+}
+
+/// `log_softmax(logits / τ)` at `targets`, for logits `[n, vocab]` and
+/// targets `[n]` (u32). Built from differentiable ops, so it also serves
+/// training graphs.
+pub fn select_logprobs(logits: &Tensor, targets: &Tensor, temperature: f64) -> Result<Tensor> {
+    let scaled = (logits.to_dtype(DType::F32)? / temperature)?;
+    let max = scaled.max_keepdim(D::Minus1)?;
+    let shifted = scaled.broadcast_sub(&max)?;
+    let log_norm = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    let picked = shifted.gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?;
+    Ok((picked - log_norm)?.squeeze(D::Minus1)?)
+}
+
+/// Log-probs `[b, t-1]` of a left-padded batch: entry `[r, j]` is the
+/// log-prob of column `j+1` given columns `..=j`. Entries whose target is a
+/// padding column are meaningless. The graph is kept, so with a trainable
+/// model the result can be backpropagated.
+pub fn batch_logprobs(model: &Model, input_ids: &Tensor, left_pad: &[usize], temperature: f64) -> Result<Tensor> {
+    check_temperature(temperature)?;
+    let (b, t) = input_ids.dims2()?;
+    if t < 2 {
+        return Ok(Tensor::zeros((b, 0), DType::F32, model.device())?);
+    }
+    let hidden = model.forward_hidden(input_ids, left_pad)?;
+    let mut rows = Vec::with_capacity(b);
+    for r in 0..b {
+        let h = hidden.get(r)?.narrow(0, 0, t - 1)?;
+        let targets = input_ids.get(r)?.narrow(0, 1, t - 1)?;
+        let fused = model.mode() == Mode::Inference && model.device().is_cpu() && model.dtype() == DType::F32;
+        let mut parts = Vec::new();
+        let mut start = 0;
+        while start < t - 1 {
+            let len = LOGIT_CHUNK.min(t - 1 - start);
+            let logits = model.logits(&h.narrow(0, start, len)?)?;
+            let targets = targets.narrow(0, start, len)?;
+            parts.push(if fused {
+                let lp = crate::kernels::select_logprobs_cpu(&logits, &targets.to_vec1::<u32>()?, temperature as f32)?;
+                Tensor::from_vec(lp, len, model.device())?
+            } else {
+                select_logprobs(&logits, &targets, temperature)?
+            });
+            start += len;
+        }
+        rows.push(Tensor::cat(&parts, 0)?);
+    }
+    Ok(Tensor::stack(&rows, 0)?)
+}
+
+/// Log-probs of every token after the first, for each sequence: result
+/// `i` has `sequences[i].len() - 1` entries. Sequences are batched by
+/// length and scored without a graph.
+pub fn token_logprobs(model: &Model, sequences: &[Vec<u32>], temperature: f64) -> Result<Vec<Vec<f32>>> {
+    check_temperature(temperature)?;
+    let context = model.config().max_position_embeddings;
+    let vocab = model.config().vocab_size as u32;
+    for s in sequences {
+        if s.len() > context {
+            return Err(Error::ContextOverflow { len: s.len(), context });
+        }
+        if let Some(bad) = s.iter().find(|&&id| id >= vocab) {
+            return Err(Error::InvalidInput(format!("token id {bad} outside the vocabulary of {vocab}")));
+        }
+    }
+    // Longest first, so each batch pads to its own first length.
+    let mut order: Vec<usize> = (0..sequences.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(sequences[i].len()));
+    let mut out = vec![Vec::new(); sequences.len()];
+    let mut i = 0;
+    while i < order.len() {
+        let longest = sequences[order[i]].len().max(1);
+        let rows = (BATCH_TOKENS / longest).max(1);
+        let batch: Vec<usize> = order[i..(i + rows).min(order.len())].to_vec();
+        i += batch.len();
+        if longest < 2 {
+            continue;
+        }
+        let mut ids = Vec::with_capacity(batch.len() * longest);
+        let mut pads = Vec::with_capacity(batch.len());
+        for &j in &batch {
+            let s = &sequences[j];
+            let pad = longest - s.len();
+            pads.push(pad);
+            ids.extend(std::iter::repeat_n(0u32, pad));
+            ids.extend_from_slice(s);
+        }
+        let ids = Tensor::from_vec(ids, (batch.len(), longest), model.device())?;
+        let lp = batch_logprobs(model, &ids, &pads, temperature)?.to_vec2::<f32>()?;
+        for ((&j, row), pad) in batch.iter().zip(lp).zip(pads) {
+            // Targets start at column pad + 1, i.e. row index pad.
+            out[j] = row[pad.min(row.len())..].to_vec();
+        }
+    }
+    Ok(out)
+}

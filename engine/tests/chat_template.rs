@@ -1,0 +1,84 @@
+//! Chat templates against strings rendered by transformers'
+//! `apply_chat_template` (tests/fixtures/smollm2_chat_template_cases.json,
+//! made by scripts/reference/make_fixtures.py).
+
+mod common;
+
+use rlt_engine::chat_template::{ChatTemplate, Ending, Message};
+
+#[derive(serde::Deserialize)]
+struct Fixture {
+    cases: Vec<Case>,
+}
+
+#[derive(serde::Deserialize)]
+struct Case {
+    name: String,
+    messages: Vec<Message>,
+    add_generation_prompt: bool,
+    continue_final_message: bool,
+    template: Option<String>,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+    expected: String,
+}
+
+fn fixture() -> Fixture {
+    let text = std::fs::read_to_string(common::fixture("smollm2_chat_template_cases.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn gguf_template() -> ChatTemplate {
+    let gguf = rlt_engine::gguf::GgufFile::open(&common::model_path()).unwrap();
+    let src = gguf.get_str("tokenizer.chat_template").unwrap();
+    ChatTemplate::new(src, Some("<|im_start|>".into()), Some("<|im_end|>".into())).unwrap()
+}
+
+#[test]
+fn renders_byte_identical_to_transformers() {
+    let model_template = gguf_template();
+    let fixture = fixture();
+    assert!(fixture.cases.len() >= 8);
+    for case in &fixture.cases {
+        let own;
+        let template = match &case.template {
+            Some(src) => {
+                own = ChatTemplate::new(src, case.bos_token.clone(), case.eos_token.clone()).unwrap();
+                &own
+            }
+            None => &model_template,
+        };
+        let ending = match (case.add_generation_prompt, case.continue_final_message) {
+            (true, _) => Ending::GenerationPrompt,
+            (_, true) => Ending::ContinueFinal,
+            _ => Ending::Complete,
+        };
+        let got = template.render(&case.messages, ending).unwrap();
+        assert_eq!(got, case.expected, "case {}", case.name);
+    }
+}
+
+#[test]
+fn continued_teacher_prompt_ends_right_after_the_prefix() {
+    let t = gguf_template();
+    let prefix = "<|begin_of_solution|>4<|end_of_solution|>\n\n<|begin_of_explanation|>\n\n";
+    let text = t
+        .render(&[Message::system("S"), Message::user("Q"), Message::assistant(prefix)], Ending::ContinueFinal)
+        .unwrap();
+    assert!(text.ends_with(&format!("<|im_start|>assistant\n{prefix}")), "{text:?}");
+    assert!(!text.ends_with("<|im_end|>\n"));
+    let complete =
+        t.render(&[Message::system("S"), Message::user("Q"), Message::assistant(prefix)], Ending::Complete).unwrap();
+    assert_eq!(complete, format!("{text}<|im_end|>\n"));
+}
+
+#[test]
+fn template_errors_are_reported_not_panics() {
+    let t = ChatTemplate::new("{{ raise_exception('no system role allowed') }}", None, None).unwrap();
+    let err = t.render(&[Message::user("x")], Ending::Complete).unwrap_err();
+    assert!(err.to_string().contains("no system role allowed"), "{err}");
+    assert!(ChatTemplate::new("{% for %}", None, None).is_err());
+    let gguf = gguf_template();
+    assert!(gguf.render(&[Message::user("x")], Ending::ContinueFinal).is_err());
+    assert!(gguf.render(&[], Ending::ContinueFinal).is_err());
+}

@@ -1,0 +1,140 @@
+//! The decoder's batching, cache and training paths agree with its plain
+//! full-sequence forward on the real model.
+
+mod common;
+
+use candle_core::{D, DType, Device, Tensor};
+use candle_nn::VarMap;
+use rlt_engine::load::load_trainable;
+use rlt_engine::logprobs::{batch_logprobs, token_logprobs};
+
+fn ids(text: &str) -> Vec<u32> {
+    common::f32_model().tokenizer.encode(text).unwrap()
+}
+
+fn row(t: &[u32]) -> Tensor {
+    Tensor::new(t, &Device::Cpu).unwrap().unsqueeze(0).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+#[test]
+fn left_padded_rows_match_their_unpadded_forward() {
+    let m = &common::f32_model().model;
+    let a = ids("<|im_start|>user\nWhat is 12 * 7?<|im_end|>\n<|im_start|>assistant\n12 * 7 = 84");
+    let b = ids("Short one.");
+    let alone_a = m.forward(&row(&a), &[0]).unwrap().squeeze(0).unwrap();
+    let alone_b = m.forward(&row(&b), &[0]).unwrap().squeeze(0).unwrap();
+    let pad = a.len() - b.len();
+    let mut padded_b = vec![0u32; pad];
+    padded_b.extend(&b);
+    let batch = Tensor::new(vec![a.clone(), padded_b], &Device::Cpu).unwrap();
+    let out = m.forward(&batch, &[0, pad]).unwrap();
+    assert!(max_abs_diff(&out.get(0).unwrap(), &alone_a) < 1e-3);
+    let b_part = out.get(1).unwrap().narrow(0, pad, b.len()).unwrap();
+    assert!(max_abs_diff(&b_part, &alone_b) < 1e-3);
+    // Padding must change nothing only because it is masked: shifting the
+    // positions instead would fail this.
+    let unmasked = m.forward(&batch, &[0, 0]).unwrap().get(1).unwrap().narrow(0, pad, b.len()).unwrap();
+    assert!(max_abs_diff(&unmasked, &alone_b) > 1e-2);
+}
+
+#[test]
+fn incremental_decoding_matches_the_full_forward() {
+    let m = &common::f32_model().model;
+    let seq = ids("The quick brown fox jumps over the lazy dog. 3 + 4 = 7");
+    let full = m.forward(&row(&seq), &[0]).unwrap().squeeze(0).unwrap();
+    let mut cache = m.new_cache(vec![0]);
+    let split = 5;
+    let h = m.forward_cached(&row(&seq[..split]), &mut cache).unwrap();
+    let mut steps = vec![m.logits(&h).unwrap().squeeze(0).unwrap()];
+    for &t in &seq[split..] {
+        let h = m.forward_cached(&row(&[t]), &mut cache).unwrap();
+        steps.push(m.logits(&h).unwrap().squeeze(0).unwrap());
+    }
+    assert_eq!(cache.len(), seq.len());
+    let stepped = Tensor::cat(&steps, 0).unwrap();
+    assert!(max_abs_diff(&stepped, &full) < 1e-3);
+}
+
+#[test]
+fn cache_rows_can_be_fanned_out_and_dropped() {
+    let m = &common::f32_model().model;
+    let prompt = ids("Once upon a time");
+    let mut cache = m.new_cache(vec![0]);
+    m.forward_cached(&row(&prompt), &mut cache).unwrap();
+    let mut group = cache.select_rows(&[0, 0, 0]).unwrap();
+    // Different next tokens per row, then keep rows 2 and 0 (reordered).
+    let next = Tensor::new(&[[11u32], [22], [33]], &Device::Cpu).unwrap();
+    m.forward_cached(&next, &mut group).unwrap();
+    let mut kept = group.select_rows(&[2, 0]).unwrap();
+    let h = m.forward_cached(&Tensor::new(&[[5u32], [5]], &Device::Cpu).unwrap(), &mut kept).unwrap();
+    let got = m.logits(&h).unwrap().squeeze(1).unwrap();
+    for (r, first) in [(0usize, 33u32), (1, 11)] {
+        let mut s = prompt.clone();
+        s.extend([first, 5]);
+        let want = m.forward(&row(&s), &[0]).unwrap().squeeze(0).unwrap().get(s.len() - 1).unwrap();
+        assert!(max_abs_diff(&got.get(r).unwrap(), &want) < 1e-3, "row {r}");
+    }
+}
+
+#[test]
+fn quantized_weights_stay_close_to_f32() {
+    let f32m = &common::f32_model().model;
+    let q8 = &common::q8_model().model;
+    let seq = ids("<|im_start|>user\nName three primes.<|im_end|>\n<|im_start|>assistant\n2, 3 and 5.");
+    let a = token_logprobs(f32m, std::slice::from_ref(&seq), 1.0).unwrap().remove(0);
+    let b = token_logprobs(q8, std::slice::from_ref(&seq), 1.0).unwrap().remove(0);
+    let mean_diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32;
+    // 8-bit activations (as in llama.cpp) cost a few hundredths of a nat.
+    assert!(mean_diff < 0.1, "mean |Δ log-prob| {mean_diff}");
+    for (x, y) in a.iter().zip(&b) {
+        if *x > -0.1 {
+            assert!(*y > -0.2, "a confident token lost confidence: {x} vs {y}");
+        }
+    }
+    // and not identical: the quantized path is really used.
+    assert!(mean_diff > 0.0);
+}
+
+#[test]
+fn training_mode_matches_inference_and_has_gradients() {
+    let (trainable, varmap): (_, VarMap) = load_trainable(&common::model_path(), &Device::Cpu).unwrap();
+    let m = &trainable.model;
+    let seq = ids("<|begin_of_thought|>2+2 is 4.<|end_of_thought|>");
+    let input = row(&seq);
+    let lp_train = batch_logprobs(m, &input, &[0], 0.7).unwrap();
+    let lp_infer = batch_logprobs(&common::f32_model().model, &input, &[0], 0.7).unwrap();
+    assert!(max_abs_diff(&lp_train, &lp_infer) < 1e-3);
+
+    let loss = lp_train.mean_all().unwrap().neg().unwrap();
+    let grads = loss.backward().unwrap();
+    let vars = varmap.all_vars();
+    assert!(vars.len() > 200);
+    let with_grad = vars
+        .iter()
+        .filter(|v| {
+            grads
+                .get(v.as_tensor())
+                .is_some_and(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0)
+        })
+        .count();
+    // Every weight (embedding, norms, all projections) gets a gradient,
+    // which fails if any op on the path lacks a backward pass.
+    assert_eq!(with_grad, vars.len());
+    let _ = (DType::F32, D::Minus1);
+}
+
+#[test]
+fn context_overflow_is_an_error() {
+    let m = &common::f32_model().model;
+    let context = m.config().max_position_embeddings;
+    let too_long = vec![216u32; context + 1];
+    let err = token_logprobs(m, &[too_long], 1.0).unwrap_err();
+    assert!(matches!(err, rlt_engine::Error::ContextOverflow { .. }), "{err}");
+    assert!(err.to_string().contains(&context.to_string()));
+    assert!(token_logprobs(m, &[vec![1, 2]], 0.0).is_err());
+    assert!(token_logprobs(m, &[vec![1, 999_999]], 1.0).is_err());
+}

@@ -1,0 +1,99 @@
+//! f32 logits against PyTorch/transformers on the same GGUF
+//! (tests/fixtures/smollm2_logits_reference.json, made by
+//! scripts/reference/make_fixtures.py), within 1e-3.
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use rlt_engine::logprobs::token_logprobs;
+
+const TOL: f32 = 1e-3;
+
+#[derive(serde::Deserialize)]
+struct Fixture {
+    probe_ids: Vec<usize>,
+    slice: (usize, usize),
+    sequences: Vec<Sequence>,
+}
+
+#[derive(serde::Deserialize)]
+struct Sequence {
+    name: String,
+    ids: Vec<u32>,
+    positions: Vec<Position>,
+    slices: std::collections::HashMap<String, Vec<f32>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Position {
+    argmax: usize,
+    max: f32,
+    logsumexp: f32,
+    probe: Vec<f32>,
+    next_logprob: Option<f32>,
+    next_logprob_t07: Option<f32>,
+}
+
+fn fixture() -> Fixture {
+    let text = std::fs::read_to_string(common::fixture("smollm2_logits_reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn logits_of(ids: &[u32]) -> Vec<Vec<f32>> {
+    let m = &common::f32_model().model;
+    let input = Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    m.forward(&input, &[0]).unwrap().squeeze(0).unwrap().to_vec2().unwrap()
+}
+
+fn logsumexp(row: &[f32]) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    max + row.iter().map(|x| ((x - max) as f64).exp()).sum::<f64>().ln() as f32
+}
+
+fn close(a: f32, b: f32, what: &str) {
+    assert!((a - b).abs() <= TOL, "{what}: {a} vs reference {b}");
+}
+
+#[test]
+fn f32_logits_match_transformers() {
+    let fx = fixture();
+    for seq in &fx.sequences {
+        let logits = logits_of(&seq.ids);
+        assert_eq!(logits.len(), seq.ids.len());
+        for (p, (row, r)) in logits.iter().zip(&seq.positions).enumerate() {
+            let at = |what: &str| format!("{} pos {p} {what}", seq.name);
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            close(max, r.max, &at("max"));
+            close(row[r.argmax], r.max, &at("logit at reference argmax"));
+            close(logsumexp(row), r.logsumexp, &at("logsumexp"));
+            for (&id, &v) in fx.probe_ids.iter().zip(&r.probe) {
+                close(row[id], v, &at(&format!("logit {id}")));
+            }
+        }
+        for (pos, values) in &seq.slices {
+            let row = &logits[pos.parse::<usize>().unwrap()];
+            for (i, &v) in values.iter().enumerate() {
+                close(row[fx.slice.0 + i], v, &format!("{} pos {pos} slice {i}", seq.name));
+            }
+        }
+    }
+}
+
+#[test]
+fn teacher_forced_logprobs_match_transformers() {
+    let fx = fixture();
+    let m = &common::f32_model().model;
+    let seqs: Vec<Vec<u32>> = fx.sequences.iter().map(|s| s.ids.clone()).collect();
+    // Batched together: the padded rows must give what each gives alone.
+    for (temp, pick) in [(1.0, 0), (0.7, 1)] {
+        let lps = token_logprobs(m, &seqs, temp).unwrap();
+        for (seq, lp) in fx.sequences.iter().zip(&lps) {
+            assert_eq!(lp.len(), seq.ids.len() - 1, "{}", seq.name);
+            for (p, &v) in lp.iter().enumerate() {
+                let r = &seq.positions[p];
+                let expected = if pick == 0 { r.next_logprob } else { r.next_logprob_t07 }.unwrap();
+                close(v, expected, &format!("{} pos {p} τ={temp}", seq.name));
+            }
+        }
+    }
+}
