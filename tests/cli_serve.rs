@@ -132,3 +132,35 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[tokio::test]
+async fn cli_score_writes_one_line_per_input_and_names_bad_lines() {
+    let dir = tempdir();
+    let input = dir.join("in.jsonl");
+    let output = dir.join("out.jsonl");
+    let good = json!({"question": "What is 3 + 5?", "solution": "3 + 5 = 8.", "completion": "Add three and five.<|end_of_explanation|>"});
+    let lines = [good.to_string(), r#"{"question": "q", "solution": 5}"#.to_owned(), String::new(), good.to_string()];
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let out = Command::new(rlt_binary())
+        .args(["score", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .env("RLT_DATA_DIR", rlt_tests::data_dir())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a bad line makes the exit status non-zero");
+    assert!(stderr.contains("line 2"), "{stderr}");
+    let results: Vec<Value> =
+        std::fs::read_to_string(&output).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(results.len(), 3, "one result per non-blank input line");
+    assert_eq!(results[1]["line"], 2);
+    assert!(results[1]["error"].as_str().unwrap().contains("solution"));
+    for r in [&results[0], &results[2]] {
+        assert!(r["reward"].as_f64().unwrap().is_finite());
+        assert_eq!(r["solution_tokens"].as_u64().unwrap() as usize, r["solution_logprobs"].as_array().unwrap().len());
+    }
+    assert_eq!(results[0]["reward"], results[2]["reward"], "scoring is deterministic");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -93,12 +93,36 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn() -> Self {
+        Self::spawn_with_workers(0).await
+    }
+
+    /// The app plus `workers` in-process job workers (CPU, 5 s leases).
+    pub async fn spawn_with_workers(workers: usize) -> Self {
         let db = TestDb::new().await;
+        let registry = Arc::new(Registry::standard());
+        let events = EventHub::start(db.pool.clone());
+        for _ in 0..workers {
+            let config = rlt_server::jobs::worker::WorkerConfig::new(
+                rlt_server::jobs::worker::WorkerDevice::Cpu,
+                data_dir(),
+                std::time::Duration::from_secs(5),
+            );
+            // The sender lives as long as the test process, so workers keep running.
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            std::mem::forget(stop);
+            tokio::spawn(rlt_server::jobs::worker::run(
+                db.pool.clone(),
+                registry.clone(),
+                events.clone(),
+                config,
+                stopped,
+            ));
+        }
         let ctx = ApiContext {
             db: db.pool.clone(),
             config: Arc::new(HttpConfig { data_dir: data_dir(), static_dir: workspace_root().join("static") }),
-            registry: Arc::new(Registry::standard()),
-            events: EventHub::start(db.pool.clone()),
+            registry,
+            events,
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
@@ -153,14 +177,52 @@ pub fn default_model_file() -> PathBuf {
     path
 }
 
-/// Registers the real default model (by its real sha256) and returns its id.
+/// Registers the real default model (its real sha256 and architecture,
+/// read from the file) and returns its id.
 pub async fn register_default_model(pool: &PgPool) -> i64 {
-    use sha2::{Digest, Sha256};
-    let path = default_model_file();
-    let bytes = std::fs::read(&path).expect("read model");
-    let sha = hex::encode(Sha256::digest(&bytes));
-    rlt_server::models::upsert(pool, "SmolLM2-135M-Instruct", "gguf", &path.display().to_string(), &sha, "llama")
-        .await
-        .expect("register model")
-        .id
+    default_model_file();
+    rlt_server::models::ensure_default(pool, &data_dir()).await.expect("register the default model").id
+}
+
+impl TestApp {
+    /// Polls a job until it reaches a final status (or panics after `secs`).
+    pub async fn wait_for_job(&self, id: i64, secs: u64) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let (_, job) = self.get_json(&format!("/api/v1/jobs/{id}")).await;
+            if matches!(job["status"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
+                return job;
+            }
+            assert!(std::time::Instant::now() < deadline, "job {id} did not finish in {secs} s: {job}");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    /// A synthetic dataset, the default model and an experiment with a small
+    /// sampling budget; returns (experiment id, run id, question ids).
+    pub async fn small_experiment(&self, questions: usize, config: serde_json::Value) -> (i64, i64, Vec<i64>) {
+        let model = register_default_model(&self.db.pool).await;
+        let name = format!("arith-{}", uuid::Uuid::new_v4().simple());
+        let (status, ds) = self
+            .post_json(
+                "/api/v1/datasets",
+                &serde_json::json!({"source": "synthetic", "name": name, "seed": 11, "count": questions}),
+            )
+            .await;
+        assert_eq!(status, 201, "{ds}");
+        let (_, page) = self.get_json(&format!("/api/v1/datasets/{}/questions?limit=500", ds["id"])).await;
+        let qids: Vec<i64> = page["items"].as_array().unwrap().iter().map(|q| q["id"].as_i64().unwrap()).collect();
+        let (status, exp) = self
+            .post_json(
+                "/api/v1/experiments",
+                &serde_json::json!({"name": name, "teacher_model_id": model, "student_model_id": model,
+                                    "dataset_id": ds["id"], "config": config}),
+            )
+            .await;
+        assert_eq!(status, 201, "{exp}");
+        let (status, run) =
+            self.post_json(&format!("/api/v1/experiments/{}/runs", exp["id"]), &serde_json::json!({"seed": 5})).await;
+        assert_eq!(status, 201, "{run}");
+        (exp["id"].as_i64().unwrap(), run["id"].as_i64().unwrap(), qids)
+    }
 }

@@ -128,7 +128,7 @@ async fn follow(db: &Database, id: i64) -> anyhow::Result<()> {
         let job: Job = queue::get(&db.pool, id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         for line in queue::logs(&db.pool, id, last_log, 1000).await? {
             last_log = line.id;
-            bar.println(format!("[{}] {}", line.level, line.message));
+            super::print_above(&bar, format!("[{}] {}", line.level, line.message));
         }
         bar.set_length(job.progress_total.unwrap_or(0).max(0) as u64);
         bar.set_position(job.progress_done.max(0) as u64);

@@ -92,3 +92,13 @@ pub(crate) async fn shutdown_signal() {
     }
     tracing::info!("shutting down");
 }
+
+/// A message above a progress bar, or plainly on stderr when the bar is
+/// hidden (not a terminal), where indicatif would drop it.
+pub(crate) fn print_above(bar: &indicatif::ProgressBar, message: String) {
+    if bar.is_hidden() {
+        eprintln!("{message}");
+    } else {
+        bar.println(message);
+    }
+}

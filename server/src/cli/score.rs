@@ -62,13 +62,11 @@ pub async fn run(global: &GlobalArgs, args: ScoreArgs) -> anyhow::Result<()> {
         }
         parsed.push((
             i as u64 + 1,
-            serde_json::from_str::<ScoreItem>(&line)
-                .map_err(|e| format!("{}:{}: {e}", args.input.display(), i + 1))
-                .map(|item| ScoreInput {
-                    question: item.question,
-                    solution: item.solution,
-                    completion: item.completion,
-                }),
+            parse_item(&line).map_err(|e| format!("{}:{}: {e}", args.input.display(), i + 1)).map(|item| ScoreInput {
+                question: item.question,
+                solution: item.solution,
+                completion: item.completion,
+            }),
         ));
     }
     anyhow::ensure!(!parsed.is_empty(), "{} has no lines to score", args.input.display());
@@ -104,7 +102,7 @@ pub async fn run(global: &GlobalArgs, args: ScoreArgs) -> anyhow::Result<()> {
             };
             if let ScoreOutcome::Failed { error, .. } = &outcome {
                 failures += 1;
-                bar.println(format!("error: line {line}: {error}"));
+                super::print_above(&bar, format!("error: line {line}: {error}"));
             }
             serde_json::to_writer(&mut out, &outcome)?;
             out.write_all(b"\n")?;
@@ -115,4 +113,13 @@ pub async fn run(global: &GlobalArgs, args: ScoreArgs) -> anyhow::Result<()> {
     bar.finish();
     anyhow::ensure!(failures == 0, "{failures} of {} lines could not be scored", parsed.len());
     Ok(())
+}
+
+/// One input line, with errors naming the field (`field `solution`: …`).
+fn parse_item(line: &str) -> Result<ScoreItem, String> {
+    let de = &mut serde_json::Deserializer::from_str(line);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." { e.inner().to_string() } else { format!("field `{path}`: {}", e.inner()) }
+    })
 }

@@ -50,6 +50,12 @@ async fn serve(global: &GlobalArgs, args: &ServeArgs, db: &Database) -> anyhow::
     if !args.no_demo {
         crate::demo::import_once(&db.pool, &global.data_dir).await?;
     }
+    // Experiments need the default model in the registry; hashing it once
+    // here keeps the first request fast.
+    match crate::models::ensure_default(&db.pool, &global.data_dir).await {
+        Ok(model) => tracing::info!(model = %model.name, sha256 = %model.sha256, "default model registered"),
+        Err(e) => tracing::warn!(error = %e, "the default model is not available"),
+    }
     let registry = Arc::new(Registry::standard());
     let events = EventHub::start(db.pool.clone());
     let (stop_workers, workers_stopped) = watch::channel(false);

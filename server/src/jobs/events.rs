@@ -40,7 +40,13 @@ impl EventHub {
         let hub = EventHub { sender: sender.clone() };
         tokio::spawn(async move {
             loop {
+                if pool.is_closed() {
+                    return;
+                }
                 if let Err(e) = listen(&pool, &sender).await {
+                    if pool.is_closed() {
+                        return;
+                    }
                     tracing::warn!(error = %e, "event listener lost its connection; reconnecting");
                 }
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
