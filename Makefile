@@ -7,7 +7,7 @@ export SQLX_OFFLINE ?= true
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 RLT := $(TARGET_DIR)/release/rlt
 
-.PHONY: run test fuzz build deps test-deps assets check fmt clippy sqlx-prepare
+.PHONY: run test fuzz load build deps test-deps assets check fmt clippy sqlx-prepare
 
 ## Set up everything that is missing, then serve the app with demo data.
 run: deps assets build
@@ -46,6 +46,10 @@ fmt:
 
 clippy:
 	cargo clippy --release --workspace --all-targets -- -D warnings
+
+## Load test: 200 clients reading pages while a worker generates (p95 < 100 ms).
+load: deps assets build
+	scripts/load.sh
 
 ## Regenerate the committed .sqlx query data (needs a running database:
 ## DATABASE_URL, or the embedded one via `rlt db start`).

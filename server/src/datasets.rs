@@ -63,3 +63,7 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<DatasetSummary> {
 pub async fn exists_by_name(pool: &PgPool, name: &str) -> Result<bool> {
     Ok(sqlx::query_scalar!("SELECT id FROM datasets WHERE name = $1", name).fetch_optional(pool).await?.is_some())
 }
+
+pub async fn exists(pool: &PgPool, id: i64) -> Result<bool> {
+    Ok(sqlx::query_scalar!("SELECT id FROM datasets WHERE id = $1", id).fetch_optional(pool).await?.is_some())
+}

@@ -1,6 +1,7 @@
 //! RLT Studio server: HTTP API, Leptos pages, Postgres, the job queue and the
 //! `rlt` command line. `main.rs` only parses arguments and calls [`cli::run`].
 
+pub mod artifacts;
 pub mod cli;
 pub mod datasets;
 pub mod db;
@@ -14,6 +15,7 @@ pub mod import;
 pub mod jobs;
 pub mod model_cache;
 pub mod models;
+pub mod priority;
 pub mod questions;
 pub mod runs;
 pub mod scoring;

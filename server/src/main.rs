@@ -7,6 +7,7 @@ async fn main() -> std::process::ExitCode {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")))
         .with_writer(std::io::stderr)
         .init();
+    rlt_server::priority::lower_model_threads();
     let cli = rlt_server::cli::Cli::parse();
     match rlt_server::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

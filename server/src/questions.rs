@@ -28,7 +28,9 @@ pub async fn list(pool: &PgPool, dataset_id: i64, filter: &QuestionFilter) -> Re
             .ok_or_else(|| Error::bad_request("cursor", "cursor is not one this API returned"))?,
     };
     // Make sure a missing dataset is a 404, not an empty page.
-    crate::datasets::get(pool, dataset_id).await?;
+    if !crate::datasets::exists(pool, dataset_id).await? {
+        return Err(Error::NotFound(format!("dataset {dataset_id}")));
+    }
     let pattern = filter
         .q
         .as_deref()

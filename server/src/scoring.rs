@@ -31,7 +31,7 @@ pub async fn score(
     items: Vec<ScoreInput>,
 ) -> Result<Vec<std::result::Result<ScoreResult, String>>> {
     let (models, cfg) = (models.clone(), cfg.clone());
-    tokio::task::spawn_blocking(move || score_blocking(&models, &cfg, &items))
+    crate::priority::spawn_model_work(move || score_blocking(&models, &cfg, &items))
         .await
         .map_err(|e| Error::Internal(e.into()))?
 }

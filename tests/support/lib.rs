@@ -101,10 +101,15 @@ impl TestApp {
         let db = TestDb::new().await;
         let registry = Arc::new(Registry::standard());
         let events = EventHub::start(db.pool.clone());
+        let artifacts_dir = std::env::temp_dir().join(format!("rlt-artifacts-{}", db.name));
+        let artifacts =
+            rlt_server::artifacts::Artifacts::open(Some(&format!("file://{}", artifacts_dir.display())), &data_dir())
+                .expect("local artifact store");
         for _ in 0..workers {
             let config = rlt_server::jobs::worker::WorkerConfig::new(
                 rlt_server::jobs::worker::WorkerDevice::Cpu,
                 data_dir(),
+                artifacts.clone(),
                 std::time::Duration::from_secs(5),
             );
             // The sender lives as long as the test process, so workers keep running.

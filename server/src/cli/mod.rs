@@ -38,6 +38,16 @@ pub struct GlobalArgs {
     /// embedded cluster is run from the data directory.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Object store for checkpoints and exports: file:///dir or s3://bucket/prefix
+    /// (default: <data-dir>/artifacts). Workers on several machines need a shared one.
+    #[arg(long, env = "RLT_ARTIFACTS", global = true)]
+    pub artifacts: Option<String>,
+}
+
+impl GlobalArgs {
+    pub fn artifacts(&self) -> anyhow::Result<crate::artifacts::Artifacts> {
+        crate::artifacts::Artifacts::open(self.artifacts.as_deref(), &self.data_dir)
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -58,10 +58,12 @@ async fn serve(global: &GlobalArgs, args: &ServeArgs, db: &Database) -> anyhow::
     }
     let registry = Arc::new(Registry::standard());
     let events = EventHub::start(db.pool.clone());
+    let artifacts = global.artifacts()?;
+    tracing::info!(location = %artifacts.location, "artifact store");
     let (stop_workers, workers_stopped) = watch::channel(false);
     let mut workers = Vec::new();
     for _ in 0..args.workers {
-        let config = args.worker.config(&global.data_dir)?;
+        let config = args.worker.config(&global.data_dir, &artifacts)?;
         workers.push(tokio::spawn(worker::run(
             db.pool.clone(),
             registry.clone(),

@@ -31,13 +31,17 @@ pub struct WorkerArgs {
 }
 
 impl WorkerArgs {
-    pub fn config(&self, data_dir: &std::path::Path) -> anyhow::Result<WorkerConfig> {
+    pub fn config(
+        &self,
+        data_dir: &std::path::Path,
+        artifacts: &crate::artifacts::Artifacts,
+    ) -> anyhow::Result<WorkerConfig> {
         anyhow::ensure!(self.lease_secs.is_finite() && self.lease_secs >= 1.0, "--lease-secs must be at least 1");
         let device = match self.device {
             DeviceArg::Cpu => WorkerDevice::Cpu,
             DeviceArg::Cuda => WorkerDevice::Cuda,
         };
-        Ok(WorkerConfig::new(device, data_dir.to_owned(), Duration::from_secs_f64(self.lease_secs)))
+        Ok(WorkerConfig::new(device, data_dir.to_owned(), artifacts.clone(), Duration::from_secs_f64(self.lease_secs)))
     }
 }
 
@@ -56,10 +60,11 @@ pub async fn run(global: &GlobalArgs, args: WorkerCommand) -> anyhow::Result<()>
         .await?;
     let events = EventHub::start(db.pool.clone());
     let registry = Arc::new(Registry::standard());
+    let artifacts = global.artifacts()?;
     let (stop, stopped) = watch::channel(false);
     let mut handles = Vec::new();
     for _ in 0..args.concurrency {
-        let config = args.worker.config(&global.data_dir)?;
+        let config = args.worker.config(&global.data_dir, &artifacts)?;
         handles.push(tokio::spawn(worker::run(
             db.pool.clone(),
             registry.clone(),

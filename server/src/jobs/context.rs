@@ -21,6 +21,8 @@ pub struct JobContext {
     pub data_dir: std::path::PathBuf,
     /// Device models run on: `cpu` or `cuda`.
     device: String,
+    /// Checkpoints and exports go here.
+    pub artifacts: crate::artifacts::Artifacts,
     cancelled: Arc<AtomicBool>,
     started: Instant,
 }
@@ -37,9 +39,10 @@ impl JobContext {
         worker_id: String,
         data_dir: std::path::PathBuf,
         device: String,
+        artifacts: crate::artifacts::Artifacts,
         cancelled: Arc<AtomicBool>,
     ) -> Self {
-        JobContext { db, job, worker_id, data_dir, device, cancelled, started: Instant::now() }
+        JobContext { db, job, worker_id, data_dir, device, artifacts, cancelled, started: Instant::now() }
     }
 
     pub fn device(&self) -> &str {

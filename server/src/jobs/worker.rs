@@ -44,10 +44,17 @@ pub struct WorkerConfig {
     /// Fallback poll when no notification arrives (e.g. a backoff elapsed).
     pub poll: Duration,
     pub data_dir: std::path::PathBuf,
+    /// Where jobs store checkpoints and exports.
+    pub artifacts: crate::artifacts::Artifacts,
 }
 
 impl WorkerConfig {
-    pub fn new(device: WorkerDevice, data_dir: std::path::PathBuf, lease: Duration) -> Self {
+    pub fn new(
+        device: WorkerDevice,
+        data_dir: std::path::PathBuf,
+        artifacts: crate::artifacts::Artifacts,
+        lease: Duration,
+    ) -> Self {
         let host = hostname();
         WorkerConfig {
             id: format!("{host}-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]),
@@ -56,6 +63,7 @@ impl WorkerConfig {
             heartbeat: (lease / 5).clamp(Duration::from_millis(200), Duration::from_secs(2)),
             poll: Duration::from_secs(2),
             data_dir,
+            artifacts,
         }
     }
 }
@@ -129,6 +137,7 @@ async fn run_one(
         config.id.clone(),
         config.data_dir.clone(),
         config.device.as_str().to_owned(),
+        config.artifacts.clone(),
         cancelled.clone(),
     );
 

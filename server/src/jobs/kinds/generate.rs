@@ -100,7 +100,7 @@ impl JobKind for Generate {
         let device = ctx.device().to_owned();
         let teacher = {
             let (path, device) = (teacher_path.clone(), device.clone());
-            tokio::task::spawn_blocking(move || model_cache::shared().get(&path, WeightMode::Quantized, &device))
+            crate::priority::spawn_model_work(move || model_cache::shared().get(&path, WeightMode::Quantized, &device))
                 .await?
                 .with_context(|| format!("loading the teacher {}", run.teacher.path))?
         };
@@ -134,7 +134,7 @@ impl JobKind for Generate {
             let started = Instant::now();
             let completions = {
                 let (teacher, params) = (teacher.clone(), params.clone());
-                tokio::task::spawn_blocking(move || {
+                crate::priority::spawn_model_work(move || {
                     let ids = teacher.tokenizer.encode(&prompt)?;
                     generate(&teacher.model, &teacher.tokenizer, &[ids], &params, |_| {})
                 })
