@@ -39,7 +39,13 @@ impl WorkerArgs {
         anyhow::ensure!(self.lease_secs.is_finite() && self.lease_secs >= 1.0, "--lease-secs must be at least 1");
         let device = match self.device {
             DeviceArg::Cpu => WorkerDevice::Cpu,
-            DeviceArg::Cuda => WorkerDevice::Cuda,
+            DeviceArg::Cuda => {
+                // Claiming CUDA jobs without a usable GPU would only fail them later.
+                rlt_engine::device::parse_device("cuda").map_err(|e| {
+                    anyhow::anyhow!("--device cuda: {e} (build with `--features cuda` on a machine with a GPU)")
+                })?;
+                WorkerDevice::Cuda
+            }
         };
         Ok(WorkerConfig::new(device, data_dir.to_owned(), artifacts.clone(), Duration::from_secs_f64(self.lease_secs)))
     }
