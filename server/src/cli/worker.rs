@@ -62,27 +62,31 @@ pub struct WorkerCommand {
 
 pub async fn run(global: &GlobalArgs, args: WorkerCommand) -> anyhow::Result<()> {
     anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
+    // Check the settings before touching the database, so a bad flag leaves
+    // nothing running.
+    let artifacts = global.artifacts()?;
+    let configs = (0..args.concurrency)
+        .map(|_| args.worker.config(&global.data_dir, &artifacts))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let db = Database::open(global.database_url.as_deref(), &global.data_dir, 4 + 2 * args.concurrency as u32, false)
         .await?;
     let events = EventHub::start(db.pool.clone());
     let registry = Arc::new(Registry::standard());
-    let artifacts = global.artifacts()?;
     let (stop, stopped) = watch::channel(false);
-    let mut handles = Vec::new();
-    for _ in 0..args.concurrency {
-        let config = args.worker.config(&global.data_dir, &artifacts)?;
-        handles.push(tokio::spawn(worker::run(
-            db.pool.clone(),
-            registry.clone(),
-            events.clone(),
-            config,
-            stopped.clone(),
-        )));
-    }
+    let handles: Vec<_> = configs
+        .into_iter()
+        .map(|config| {
+            tokio::spawn(worker::run(db.pool.clone(), registry.clone(), events.clone(), config, stopped.clone()))
+        })
+        .collect();
     super::shutdown_signal().await;
     let _ = stop.send(true);
+    let mut result = Ok(());
     for h in handles {
-        h.await??;
+        if let Err(e) = h.await.map_err(anyhow::Error::from).and_then(|r| r) {
+            result = Err(e);
+        }
     }
-    db.close().await
+    db.close().await?;
+    result
 }
