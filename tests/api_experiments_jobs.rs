@@ -248,4 +248,6 @@ async fn explanation_endpoints_filter_and_reject_bad_input() {
     }
     let (status, _) = app.get_json("/api/v1/explanations/424242").await;
     assert_eq!(status, 404);
+    let (status, _) = app.get_json("/api/v1/explanations/424242/rewards").await;
+    assert_eq!(status, 404);
 }

@@ -76,6 +76,8 @@ async fn generate_then_score_stores_explanations_rewards_and_metrics() {
     let (_, detail) = app.get_json(&format!("/api/v1/explanations/{}", items[0]["id"])).await;
     let rewards = detail["rewards"].as_array().unwrap();
     assert_eq!(rewards.len(), 2);
+    let (_, listed) = app.get_json(&format!("/api/v1/explanations/{}/rewards", items[0]["id"])).await;
+    assert_eq!(&listed, &detail["rewards"]);
     assert_ne!(rewards[0]["reward_config_hash"], rewards[1]["reward_config_hash"]);
 
     // Reference explanations of questions can be scored too.
