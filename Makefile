@@ -38,6 +38,8 @@ build:
 	# The whole workspace, so features resolve as in `cargo test --workspace`
 	# and the tests reuse every compiled dependency.
 	cargo build --release --workspace --bins
+	# The browser bundle for hydration (pages also read without it).
+	scripts/build-wasm.sh
 
 check: fmt clippy
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Vendors browser assets from the npm registry into static/vendor/ (ignored
-# by git): Swagger UI for the API docs page. Idempotent: pinned versions are
+# by git): Swagger UI for the API docs page, KaTeX for math in questions. Idempotent: pinned versions are
 # fetched once, with the tarball's sha512 checked by npm.
 set -euo pipefail
 
@@ -33,3 +33,4 @@ vendor() {
 }
 
 vendor swagger-ui-dist 5.35.0 swagger-ui swagger-ui-bundle.js swagger-ui.css LICENSE
+vendor katex 0.19.1 katex dist/katex.min.js dist/katex.min.css dist/fonts dist/contrib/auto-render.min.js LICENSE

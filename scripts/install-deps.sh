@@ -18,6 +18,12 @@ for w in "${want[@]}"; do
         postgres)
             ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing+=(postgresql)
             ;;
+        wasm)
+            # Debian's Rust can build wasm32 with -Zbuild-std (see scripts/build-wasm.sh).
+            [ -x /usr/bin/rustc ] && /usr/bin/rustc --version | grep -q . || missing+=(rustc-web cargo-web)
+            [ -d /usr/lib/rustlib/src/rust ] || missing+=(rust-web-src)
+            command -v wasm-ld-19 >/dev/null || missing+=(lld-19)
+            ;;
         chromium)
             command -v chromium >/dev/null || missing+=(chromium)
             command -v chromedriver >/dev/null || missing+=(chromium-driver)

@@ -77,9 +77,16 @@ async fn serve_embedded_keeps_rows_across_sigterm_and_restart() {
     stop_with_sigterm(child);
     assert!(!dir.join("pg/data/postmaster.pid").exists(), "the embedded Postgres was stopped");
 
-    let (child, url) = start_server(&dir);
-    let second = datasets(&client, &url).await;
+    // Two servers on one data directory: the one that started the cluster
+    // must not stop it under the other when it exits first.
+    let (child, _) = start_server(&dir);
+    let (other, other_url) = start_server(&dir);
     stop_with_sigterm(child);
+    let ready = client.get(format!("{other_url}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 200, "the second server lost its database");
+    let second = datasets(&client, &other_url).await;
+    stop_with_sigterm(other);
+    assert!(!dir.join("pg/data/postmaster.pid").exists(), "the last server stopped the embedded Postgres");
     assert_eq!(second.len(), first.len() + 1, "demo data is not imported twice");
     assert!(second.iter().any(|d| d["name"] == "kept" && d["question_count"] == 5));
     for d in &first {

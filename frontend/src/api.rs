@@ -1,7 +1,14 @@
-//! Server functions: the UI's typed calls into the server.
+//! Server functions: the UI's typed calls into the server. Errors carry
+//! the field they are about as `field: message`, so forms can show them
+//! next to the input.
 
 use leptos::prelude::*;
-use rlt_types::{DatasetSummary, Page, QuestionDetail, QuestionFilter, QuestionSummary};
+use rlt_types::{
+    ConfigVersion, ExperimentView, Job, JobView, OverviewView, QuestionBrowse, QuestionBrowseView, QuestionView, Run,
+    RunView,
+};
+#[cfg(feature = "ssr")]
+use rlt_types::{CreateRun, SubmitJob};
 
 #[cfg(feature = "ssr")]
 async fn with_backend<T, F, Fut>(call: F) -> Result<T, ServerFnError>
@@ -18,26 +25,79 @@ where
         {
             response.set_status(status);
         }
-        ServerFnError::new(e.message)
+        ServerFnError::new(match e.field {
+            Some(field) => format!("{field}: {}", e.message),
+            None => e.message,
+        })
     })
 }
 
 #[server(prefix = "/ui/fn")]
-pub async fn list_datasets() -> Result<Vec<DatasetSummary>, ServerFnError> {
-    with_backend(|b| async move { b.list_datasets().await }).await
+pub async fn load_overview() -> Result<OverviewView, ServerFnError> {
+    with_backend(|b| async move { b.overview().await }).await
 }
 
 #[server(prefix = "/ui/fn")]
-pub async fn get_dataset(id: i64) -> Result<DatasetSummary, ServerFnError> {
-    with_backend(|b| async move { b.get_dataset(id).await }).await
+pub async fn load_experiment(id: i64) -> Result<ExperimentView, ServerFnError> {
+    with_backend(|b| async move { b.experiment(id).await }).await
 }
 
 #[server(prefix = "/ui/fn")]
-pub async fn list_questions(dataset_id: i64, filter: QuestionFilter) -> Result<Page<QuestionSummary>, ServerFnError> {
-    with_backend(|b| async move { b.list_questions(dataset_id, filter).await }).await
+pub async fn load_job(id: i64) -> Result<JobView, ServerFnError> {
+    with_backend(|b| async move { b.job(id).await }).await
 }
 
 #[server(prefix = "/ui/fn")]
-pub async fn get_question(id: i64) -> Result<QuestionDetail, ServerFnError> {
-    with_backend(|b| async move { b.get_question(id).await }).await
+pub async fn load_run(id: i64, overlay: Vec<i64>) -> Result<RunView, ServerFnError> {
+    with_backend(|b| async move { b.run(id, overlay).await }).await
+}
+
+#[server(prefix = "/ui/fn")]
+pub async fn load_questions(dataset_id: i64, filter: QuestionBrowse) -> Result<QuestionBrowseView, ServerFnError> {
+    with_backend(|b| async move { b.browse(dataset_id, filter).await }).await
+}
+
+#[server(prefix = "/ui/fn")]
+pub async fn load_question(id: i64, cols: Vec<String>) -> Result<QuestionView, ServerFnError> {
+    with_backend(|b| async move { b.question(id, cols).await }).await
+}
+
+/// Queues a job of `kind` with `params` (a JSON object as text). Plain
+/// strings, so the form also works as an HTML form without JavaScript.
+#[server(prefix = "/ui/fn")]
+pub async fn queue_job(kind: String, params: String) -> Result<Job, ServerFnError> {
+    let params: serde_json::Value =
+        serde_json::from_str(&params).map_err(|e| ServerFnError::new(format!("params: not valid JSON ({e})")))?;
+    with_backend(|b| async move {
+        b.submit_job(SubmitJob { kind, params, device: None, priority: None, max_attempts: None }).await
+    })
+    .await
+}
+
+/// Starts a run at the newest config version; an empty seed picks one.
+#[server(prefix = "/ui/fn")]
+pub async fn start_run(experiment_id: i64, name: String, seed: String) -> Result<Run, ServerFnError> {
+    let seed = match seed.trim() {
+        "" => None,
+        s => Some(s.parse::<i64>().map_err(|_| ServerFnError::new("seed: must be a whole number"))?),
+    };
+    let name = Some(name).filter(|n| !n.trim().is_empty());
+    with_backend(|b| async move { b.create_run(experiment_id, CreateRun { name, seed, config_version: None }).await })
+        .await
+}
+
+/// Saves an edited config as the next version.
+#[server(prefix = "/ui/fn")]
+pub async fn save_config(experiment_id: i64, config: String) -> Result<ConfigVersion, ServerFnError> {
+    with_backend(|b| async move { b.add_config_version(experiment_id, config).await }).await
+}
+
+#[server(prefix = "/ui/fn")]
+pub async fn cancel_job(id: i64) -> Result<Job, ServerFnError> {
+    with_backend(|b| async move { b.cancel_job(id).await }).await
+}
+
+#[server(prefix = "/ui/fn")]
+pub async fn retry_job(id: i64) -> Result<Job, ServerFnError> {
+    with_backend(|b| async move { b.retry_job(id).await }).await
 }

@@ -6,7 +6,11 @@ use leptos_meta::{MetaTags, Title, provide_meta_context};
 use leptos_router::components::{A, Route, Router, Routes};
 use leptos_router::{SsrMode, path};
 
-use crate::pages::{DatasetPage, DatasetsPage, NotFound, QuestionPage};
+use crate::pages::{ExperimentPage, JobPage, NotFound, OverviewPage, QuestionBrowserPage, QuestionPage, RunPage};
+
+/// Renders `$…$` and `$$…$$` math with the vendored KaTeX once the page is
+/// there. It reads text nodes only, so escaped model text stays text.
+const KATEX_INIT: &str = r#"document.addEventListener("DOMContentLoaded",function(){if(window.renderMathInElement){document.querySelectorAll(".math").forEach(function(e){renderMathInElement(e,{delimiters:[{left:"$$",right:"$$",display:true},{left:"\\[",right:"\\]",display:true},{left:"$",right:"$",display:false},{left:"\\(",right:"\\)",display:false}],throwOnError:false})})}});"#;
 
 /// The document around the app. `hydrate` adds the wasm bundle's scripts; the
 /// server passes false when no bundle has been built, and pages still read
@@ -20,6 +24,10 @@ pub fn shell(options: LeptosOptions, hydrate: bool) -> impl IntoView {
                 <meta name="viewport" content="width=device-width, initial-scale=1" />
                 <link rel="icon" href="data:," />
                 <link rel="stylesheet" href="/static/style.css" />
+                <link rel="stylesheet" href="/static/vendor/katex/dist/katex.min.css" />
+                <script defer src="/static/vendor/katex/dist/katex.min.js"></script>
+                <script defer src="/static/vendor/katex/dist/contrib/auto-render.min.js"></script>
+                <script>{KATEX_INIT}</script>
                 {hydrate.then(|| view! { <HydrationScripts options=options.clone() /> })}
                 <MetaTags />
             </head>
@@ -39,17 +47,20 @@ pub fn App() -> impl IntoView {
             <header class="topbar">
                 <A href="/" attr:class="brand">"RLT Studio"</A>
                 <nav>
-                    <A href="/">"Datasets"</A>
-                    <a href="/api/v1/datasets">"API"</a>
+                    <A href="/">"Overview"</A>
+                    <a href="/api/v1/docs">"API"</a>
                 </nav>
             </header>
             <main>
                 // Async mode: the server sends each page only once its data is
                 // in, so it reads completely without JavaScript.
                 <Routes fallback=|| view! { <NotFound /> }>
-                    <Route path=path!("/") view=DatasetsPage ssr=SsrMode::Async />
-                    <Route path=path!("/datasets/:id") view=DatasetPage ssr=SsrMode::Async />
+                    <Route path=path!("/") view=OverviewPage ssr=SsrMode::Async />
+                    <Route path=path!("/datasets/:id") view=QuestionBrowserPage ssr=SsrMode::Async />
                     <Route path=path!("/questions/:id") view=QuestionPage ssr=SsrMode::Async />
+                    <Route path=path!("/experiments/:id") view=ExperimentPage ssr=SsrMode::Async />
+                    <Route path=path!("/jobs/:id") view=JobPage ssr=SsrMode::Async />
+                    <Route path=path!("/runs/:id") view=RunPage ssr=SsrMode::Async />
                 </Routes>
             </main>
         </Router>

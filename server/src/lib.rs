@@ -17,6 +17,8 @@ pub mod model_cache;
 pub mod models;
 pub mod priority;
 pub mod questions;
+pub mod report;
 pub mod runs;
 pub mod scoring;
 pub mod ui;
+pub mod views;

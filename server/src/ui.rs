@@ -9,12 +9,16 @@ use frontend::backend::{Backend, BackendError, BackendResult, SharedBackend};
 use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
 use leptos_axum::{LeptosRoutes, generate_route_list};
-use rlt_types::{DatasetSummary, Page, QuestionDetail, QuestionFilter, QuestionSummary};
+use rlt_types::{
+    ConfigVersion, CreateRun, ExperimentView, Job, JobView, OverviewView, QuestionBrowse, QuestionBrowseView,
+    QuestionView, Run, RunView, SubmitJob,
+};
 use sqlx::PgPool;
 
 use crate::error::Error;
 use crate::http::AppState;
-use crate::{datasets, questions};
+use crate::jobs::{Registry, queue, submit};
+use crate::{experiments, runs, views};
 
 pub fn leptos_options(static_dir: &Path) -> LeptosOptions {
     LeptosOptions::builder()
@@ -26,7 +30,7 @@ pub fn leptos_options(static_dir: &Path) -> LeptosOptions {
 
 /// Page routes and the server-function endpoint, with the backend in context.
 pub fn router(state: &AppState) -> Router<AppState> {
-    let backend: SharedBackend = Arc::new(DbBackend { db: state.api.db.clone() });
+    let backend: SharedBackend = Arc::new(DbBackend { db: state.api.db.clone(), registry: state.api.registry.clone() });
     // Hydrate only when the wasm bundle was built; pages read fine without it.
     let hydrate = Path::new(state.leptos_options.site_root.as_ref()).join("pkg/frontend.js").exists();
     let options = state.leptos_options.clone();
@@ -61,28 +65,59 @@ pub fn router(state: &AppState) -> Router<AppState> {
 
 struct DbBackend {
     db: PgPool,
+    registry: Arc<Registry>,
 }
 
 fn to_backend_error(e: Error) -> BackendError {
     let status = e.status_code().as_u16();
-    BackendError { status, message: e.to_body().error.message }
+    let body = e.to_body().error;
+    BackendError { status, message: body.message, field: body.field }
 }
 
 #[async_trait::async_trait]
 impl Backend for DbBackend {
-    async fn list_datasets(&self) -> BackendResult<Vec<DatasetSummary>> {
-        datasets::list(&self.db).await.map_err(to_backend_error)
+    async fn overview(&self) -> BackendResult<OverviewView> {
+        views::overview(&self.db).await.map_err(to_backend_error)
     }
 
-    async fn get_dataset(&self, id: i64) -> BackendResult<DatasetSummary> {
-        datasets::get(&self.db, id).await.map_err(to_backend_error)
+    async fn experiment(&self, id: i64) -> BackendResult<ExperimentView> {
+        views::experiment(&self.db, &self.registry, id).await.map_err(to_backend_error)
     }
 
-    async fn list_questions(&self, dataset_id: i64, filter: QuestionFilter) -> BackendResult<Page<QuestionSummary>> {
-        questions::list(&self.db, dataset_id, &filter).await.map_err(to_backend_error)
+    async fn job(&self, id: i64) -> BackendResult<JobView> {
+        views::job(&self.db, id).await.map_err(to_backend_error)
     }
 
-    async fn get_question(&self, id: i64) -> BackendResult<QuestionDetail> {
-        questions::get(&self.db, id).await.map_err(to_backend_error)
+    async fn run(&self, id: i64, overlay: Vec<i64>) -> BackendResult<RunView> {
+        views::run(&self.db, id, &overlay).await.map_err(to_backend_error)
+    }
+
+    async fn browse(&self, dataset_id: i64, filter: QuestionBrowse) -> BackendResult<QuestionBrowseView> {
+        views::browse(&self.db, dataset_id, &filter).await.map_err(to_backend_error)
+    }
+
+    async fn question(&self, id: i64, cols: Vec<String>) -> BackendResult<QuestionView> {
+        views::question(&self.db, id, &cols).await.map_err(to_backend_error)
+    }
+
+    async fn submit_job(&self, job: SubmitJob) -> BackendResult<Job> {
+        submit::submit(&self.db, &self.registry, job).await.map_err(to_backend_error)
+    }
+
+    async fn create_run(&self, experiment_id: i64, run: CreateRun) -> BackendResult<Run> {
+        runs::create(&self.db, experiment_id, run).await.map_err(to_backend_error)
+    }
+
+    async fn add_config_version(&self, experiment_id: i64, config_json: String) -> BackendResult<ConfigVersion> {
+        let config = crate::http::parse_config(&config_json).map_err(to_backend_error)?;
+        experiments::add_version(&self.db, experiment_id, config).await.map_err(to_backend_error)
+    }
+
+    async fn cancel_job(&self, id: i64) -> BackendResult<Job> {
+        queue::request_cancel(&self.db, id).await.map_err(to_backend_error)
+    }
+
+    async fn retry_job(&self, id: i64) -> BackendResult<Job> {
+        queue::retry(&self.db, id).await.map_err(to_backend_error)
     }
 }

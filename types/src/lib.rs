@@ -9,6 +9,7 @@ mod experiments;
 mod explanations;
 mod jobs;
 mod page;
+mod views;
 
 pub use config::*;
 pub use datasets::*;
@@ -16,3 +17,4 @@ pub use experiments::*;
 pub use explanations::*;
 pub use jobs::*;
 pub use page::*;
+pub use views::*;

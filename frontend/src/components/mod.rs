@@ -1,5 +1,11 @@
 //! Pieces shared by several pages.
 
+pub mod chart;
 mod error_box;
+pub mod heatmap;
+mod job_progress;
+pub mod live;
 
 pub use error_box::ErrorBox;
+pub use heatmap::{HeatmapLegend, TokenHeatmap};
+pub use job_progress::{JobProgress, eta_text};

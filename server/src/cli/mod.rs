@@ -4,6 +4,7 @@ mod db;
 mod generate;
 mod import;
 mod jobs;
+mod report;
 mod score;
 mod serve;
 mod worker;
@@ -66,6 +67,9 @@ pub enum Command {
     Worker(worker::WorkerCommand),
     /// Submit, list, follow, cancel and retry jobs.
     Jobs(jobs::JobsArgs),
+    /// Write a run's report (config, curves, reward distribution, best and
+    /// worst explanations) as one self-contained HTML file.
+    Report(report::ReportArgs),
     /// Manage the embedded Postgres cluster.
     Db(db::DbArgs),
 }
@@ -77,6 +81,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Score(args) => score::run(&cli.global, args).await,
         Command::Generate(args) => generate::run_generate(&cli.global, args).await,
         Command::Logprobs(args) => generate::run_logprobs(&cli.global, args).await,
+        Command::Report(args) => report::run(&cli.global, args).await,
         Command::Worker(args) => worker::run(&cli.global, args).await,
         Command::Jobs(args) => jobs::run(&cli.global, args).await,
         Command::Db(args) => db::run(&cli.global, args).await,

@@ -10,6 +10,7 @@ mod health;
 mod jobs;
 mod models;
 mod questions;
+mod report;
 mod runs;
 mod score;
 
@@ -28,6 +29,11 @@ use tower_http::trace::TraceLayer;
 use utoipa_axum::router::OpenApiRouter;
 
 pub use extract::ApiJson;
+
+/// An experiment config from JSON text, with errors naming the field.
+pub fn parse_config(text: &str) -> crate::error::Result<rlt_types::ExperimentConfig> {
+    extract::parse_json(text.as_bytes())
+}
 
 use crate::jobs::Registry;
 use crate::jobs::events::EventHub;
@@ -81,6 +87,7 @@ pub fn router(api_ctx: ApiContext) -> Router {
         .method_not_allowed_fallback(|| async { crate::error::Error::MethodNotAllowed });
     Router::new()
         .merge(health::router())
+        .merge(report::router())
         .nest("/api/v1", api_routes)
         .nest_service("/static", ServeDir::new(&static_dir).precompressed_gzip())
         .merge(crate::ui::router(&state))
