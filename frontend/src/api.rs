@@ -3,6 +3,10 @@
 //! next to the input.
 
 use leptos::prelude::*;
+// Loaders take JSON: URL encoding drops empty lists and all-default
+// structs, which then fail to deserialize. Form actions stay URL-encoded so
+// they also work as plain HTML forms.
+use leptos::server_fn::codec::Json;
 use rlt_types::{
     ConfigVersion, ExperimentView, Job, JobView, OverviewView, QuestionBrowse, QuestionBrowseView, QuestionView, Run,
     RunView,
@@ -32,32 +36,32 @@ where
     })
 }
 
-#[server(prefix = "/ui/fn")]
+#[server(prefix = "/ui/fn", input = Json)]
 pub async fn load_overview() -> Result<OverviewView, ServerFnError> {
     with_backend(|b| async move { b.overview().await }).await
 }
 
-#[server(prefix = "/ui/fn")]
+#[server(prefix = "/ui/fn", input = Json)]
 pub async fn load_experiment(id: i64) -> Result<ExperimentView, ServerFnError> {
     with_backend(|b| async move { b.experiment(id).await }).await
 }
 
-#[server(prefix = "/ui/fn")]
+#[server(prefix = "/ui/fn", input = Json)]
 pub async fn load_job(id: i64) -> Result<JobView, ServerFnError> {
     with_backend(|b| async move { b.job(id).await }).await
 }
 
-#[server(prefix = "/ui/fn")]
+#[server(prefix = "/ui/fn", input = Json)]
 pub async fn load_run(id: i64, overlay: Vec<i64>) -> Result<RunView, ServerFnError> {
     with_backend(|b| async move { b.run(id, overlay).await }).await
 }
 
-#[server(prefix = "/ui/fn")]
+#[server(prefix = "/ui/fn", input = Json)]
 pub async fn load_questions(dataset_id: i64, filter: QuestionBrowse) -> Result<QuestionBrowseView, ServerFnError> {
     with_backend(|b| async move { b.browse(dataset_id, filter).await }).await
 }
 
-#[server(prefix = "/ui/fn")]
+#[server(prefix = "/ui/fn", input = Json)]
 pub async fn load_question(id: i64, cols: Vec<String>) -> Result<QuestionView, ServerFnError> {
     with_backend(|b| async move { b.question(id, cols).await }).await
 }

@@ -8,9 +8,17 @@ use leptos_router::{SsrMode, path};
 
 use crate::pages::{ExperimentPage, JobPage, NotFound, OverviewPage, QuestionBrowserPage, QuestionPage, RunPage};
 
-/// Renders `$…$` and `$$…$$` math with the vendored KaTeX once the page is
-/// there. It reads text nodes only, so escaped model text stays text.
-const KATEX_INIT: &str = r#"document.addEventListener("DOMContentLoaded",function(){if(window.renderMathInElement){document.querySelectorAll(".math").forEach(function(e){renderMathInElement(e,{delimiters:[{left:"$$",right:"$$",display:true},{left:"\\[",right:"\\]",display:true},{left:"$",right:"$",display:false},{left:"\\(",right:"\\)",display:false}],throwOnError:false})})}});"#;
+/// Renders `$…$` and `$$…$$` math with the vendored KaTeX. It reads text
+/// nodes only, so escaped model text stays text. KaTeX rewrites the DOM, so
+/// on hydrated pages it waits for `rlt:hydrated` (see `PageReady`) and then
+/// follows client-side navigation; without the wasm bundle it runs at once.
+const KATEX_INIT: &str = r#"(function(){
+var opts={delimiters:[{left:"$$",right:"$$",display:true},{left:"\\[",right:"\\]",display:true},{left:"$",right:"$",display:false},{left:"\\(",right:"\\)",display:false}],throwOnError:false};
+function render(){if(!window.renderMathInElement)return;document.querySelectorAll(".math:not([data-math])").forEach(function(e){e.setAttribute("data-math","");renderMathInElement(e,opts)})}
+var watching=false;
+window.addEventListener("rlt:hydrated",function(){render();if(watching)return;watching=true;var t=null;new MutationObserver(function(){clearTimeout(t);t=setTimeout(render,30)}).observe(document.body,{childList:true,subtree:true})});
+document.addEventListener("DOMContentLoaded",function(){if(!window.rltHydrates)render()});
+})();"#;
 
 /// The document around the app. `hydrate` adds the wasm bundle's scripts; the
 /// server passes false when no bundle has been built, and pages still read
@@ -28,7 +36,10 @@ pub fn shell(options: LeptosOptions, hydrate: bool) -> impl IntoView {
                 <script defer src="/static/vendor/katex/dist/katex.min.js"></script>
                 <script defer src="/static/vendor/katex/dist/contrib/auto-render.min.js"></script>
                 <script>{KATEX_INIT}</script>
-                {hydrate.then(|| view! { <HydrationScripts options=options.clone() /> })}
+                {hydrate.then(|| view! {
+                    <script>"window.rltHydrates=true;"</script>
+                    <HydrationScripts options=options.clone() />
+                })}
                 <MetaTags />
             </head>
             <body>

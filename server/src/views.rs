@@ -13,6 +13,8 @@ use crate::jobs::registry::Registry;
 use crate::{datasets, experiments, explanations, models, questions, runs};
 
 pub const PAGE_SIZE: u32 = 50;
+/// Side-by-side columns on a question page: a GRPO group of 8 fits.
+pub const MAX_COLUMNS: usize = 8;
 const RECENT_RUNS: usize = 8;
 
 pub async fn overview(db: &PgPool) -> Result<OverviewView> {
@@ -278,7 +280,7 @@ pub async fn question(db: &PgPool, id: i64, cols: &[String]) -> Result<QuestionV
         keys.extend(latest.iter().take(2).map(|(r, s)| format!("run:{r}@{s}")));
         keys
     } else {
-        cols.iter().take(6).cloned().collect()
+        cols.iter().take(MAX_COLUMNS).cloned().collect()
     };
     let mut columns = Vec::new();
     for key in chosen {

@@ -60,7 +60,24 @@ pub fn TokenHeatmap(
             view! { <span class="tok" style=style title=title data-value=format!("{value:.4}")>{token}</span> }
         })
         .collect_view();
-    view! { <div class=format!("heatmap {class}")>{cells}</div> }
+    // The tooltip works without JavaScript; once hydrated, the hovered
+    // token's numbers also stay readable in a line under the heatmap.
+    let (info, set_info) = signal(String::new());
+    let on_hover = move |ev: leptos::ev::MouseEvent| {
+        use leptos::wasm_bindgen::JsCast;
+        let title = ev
+            .target()
+            .and_then(|t| t.dyn_into::<leptos::web_sys::Element>().ok())
+            .filter(|e| e.get_attribute("class").is_some_and(|c| c.split(' ').any(|c| c == "tok")))
+            .and_then(|e| e.get_attribute("title"));
+        if let Some(title) = title {
+            set_info.set(title);
+        }
+    };
+    view! {
+        <div class=format!("heatmap {class}") on:mouseover=on_hover>{cells}</div>
+        <div class="tok-info muted mono" aria-live="polite">{move || info.get()}</div>
+    }
 }
 
 /// The scale of a heatmap: a gradient bar from `lo` to `hi` with labels.

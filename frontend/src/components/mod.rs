@@ -5,7 +5,9 @@ mod error_box;
 pub mod heatmap;
 mod job_progress;
 pub mod live;
+mod page_ready;
 
 pub use error_box::ErrorBox;
 pub use heatmap::{HeatmapLegend, TokenHeatmap};
 pub use job_progress::{JobProgress, eta_text};
+pub use page_ready::PageReady;

@@ -10,7 +10,7 @@ use rlt_types::{ExperimentView, JobKindInfo};
 
 use super::error_message;
 use crate::api::{QueueJob, SaveConfig, StartRun, load_experiment};
-use crate::components::ErrorBox;
+use crate::components::{ErrorBox, PageReady};
 
 /// A line diff of two texts (longest common subsequence): (sign, line).
 pub fn line_diff(a: &str, b: &str) -> Vec<(char, String)> {
@@ -90,6 +90,7 @@ pub fn ExperimentPage() -> impl IntoView {
                     }
                 }
             })}
+            <PageReady />
         </Suspense>
     }
 }

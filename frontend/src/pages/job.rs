@@ -8,7 +8,7 @@ use leptos_router::hooks::use_params_map;
 
 use super::error_message;
 use crate::api::{CancelJob, RetryJob, load_job};
-use crate::components::{ErrorBox, JobProgress};
+use crate::components::{ErrorBox, JobProgress, PageReady};
 
 #[component]
 pub fn JobPage() -> impl IntoView {
@@ -69,6 +69,7 @@ pub fn JobPage() -> impl IntoView {
                     }
                 }
             })}
+            <PageReady />
         </Suspense>
     }
 }

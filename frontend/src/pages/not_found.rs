@@ -1,6 +1,8 @@
 use leptos::prelude::*;
 use leptos_meta::Title;
 
+use crate::components::PageReady;
+
 #[component]
 pub fn NotFound() -> impl IntoView {
     #[cfg(feature = "ssr")]
@@ -11,5 +13,6 @@ pub fn NotFound() -> impl IntoView {
         <Title text="Not found" />
         <h1>"Page not found"</h1>
         <p>"There is no page at this address. " <a href="/">"See all datasets"</a> "."</p>
+        <PageReady />
     }
 }

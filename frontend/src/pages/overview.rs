@@ -7,7 +7,7 @@ use leptos_meta::Title;
 use super::{error_message, fmt_reward};
 use crate::api::load_overview;
 use crate::components::chart::sparkline_svg;
-use crate::components::{ErrorBox, JobProgress};
+use crate::components::{ErrorBox, JobProgress, PageReady};
 
 #[component]
 pub fn OverviewPage() -> impl IntoView {
@@ -134,6 +134,7 @@ pub fn OverviewPage() -> impl IntoView {
                     }.into_any(),
                 }
             })}
+            <PageReady />
         </Suspense>
     }
 }

@@ -11,7 +11,7 @@ use rlt_types::{Column, RewardRecord};
 
 use super::{error_message, fmt_reward, urlencode};
 use crate::api::load_question;
-use crate::components::{ErrorBox, HeatmapLegend, TokenHeatmap};
+use crate::components::{ErrorBox, HeatmapLegend, PageReady, TokenHeatmap};
 
 /// The 95th percentile of |values| (at least `floor`), so one outlier does
 /// not wash out every other token's colour.
@@ -105,6 +105,7 @@ pub fn QuestionPage() -> impl IntoView {
                     }
                 }
             })}
+            <PageReady />
         </Suspense>
     }
 }
@@ -202,7 +203,9 @@ fn Scored(reward: RewardRecord, kl_top: f64, lp_top: f64) -> impl IntoView {
         s.solution_logprobs.iter().map(|lp| format!("student log-prob {lp:.3}")).collect();
     let surprise: Vec<f64> = s.solution_logprobs.iter().map(|lp| -lp).collect();
     view! {
-        <table class="breakdown">
+        // An explicit tbody: the browser's parser adds one anyway, and
+        // hydration must find exactly the DOM the server sent.
+        <table class="breakdown"><tbody>
             <tr><th>"reward"</th><td class="num reward">{fmt_reward(Some(s.reward))}</td></tr>
             <tr><th>"solution log-prob mean / min"</th>
                 <td class="num">{format!("{:.3} / {:.3}", s.solution_logprob_mean, s.solution_logprob_min)}</td></tr>
@@ -210,7 +213,7 @@ fn Scored(reward: RewardRecord, kl_top: f64, lp_top: f64) -> impl IntoView {
                 <td class="num">{format!("{:.3} / {:.3}", s.thought_kl_mean, s.thought_kl_max)}</td></tr>
             <tr><th>"missing end tag penalty"</th><td class="num">{format!("{:.1}", s.match_penalty)}</td></tr>
             <tr><th>"tokens: thought / solution"</th><td class="num">{format!("{} / {}", s.thought_tokens, s.solution_tokens)}</td></tr>
-        </table>
+        </tbody></table>
         <h4>"Explanation (thought KL)"</h4>
         <TokenHeatmap tokens=s.thought_token_texts values=s.thought_kl hover=thought_hover lo=0.0 hi=kl_top class="thought" />
         <h4>"Solution given this explanation (surprise)"</h4>

@@ -9,7 +9,7 @@ use rlt_types::QuestionBrowse;
 
 use super::{error_message, fmt_reward, truncate, urlencode};
 use crate::api::load_questions;
-use crate::components::ErrorBox;
+use crate::components::{ErrorBox, PageReady};
 
 fn browse_from_query(q: &leptos_router::params::ParamsMap) -> QuestionBrowse {
     let num = |k: &str| q.get(k).and_then(|v| v.trim().parse::<f64>().ok());
@@ -154,6 +154,7 @@ pub fn QuestionBrowserPage() -> impl IntoView {
                     }
                 }
             })}
+            <PageReady />
         </Suspense>
     }
 }

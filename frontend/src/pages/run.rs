@@ -13,7 +13,7 @@ use rlt_types::{MetricPoint, RunView};
 use super::error_message;
 use crate::api::load_run;
 use crate::components::chart::{Series, line_chart_svg, smooth};
-use crate::components::{ErrorBox, JobProgress, live};
+use crate::components::{ErrorBox, JobProgress, PageReady, live};
 
 /// Metric points grouped by name, each sorted by step.
 fn by_name(points: &[MetricPoint]) -> BTreeMap<String, Vec<(f64, f64)>> {
@@ -77,6 +77,7 @@ pub fn RunPage() -> impl IntoView {
                     }
                 }
             })}
+            <PageReady />
         </Suspense>
     }
 }
