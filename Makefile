@@ -7,7 +7,7 @@ export SQLX_OFFLINE ?= true
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 RLT := $(TARGET_DIR)/release/rlt
 
-.PHONY: run test fuzz load build deps test-deps assets check fmt clippy sqlx-prepare
+.PHONY: run test fuzz load bench build deps test-deps assets check fmt clippy sqlx-prepare
 
 ## Set up everything that is missing, then serve the app with demo data.
 run: deps assets build
@@ -52,6 +52,11 @@ clippy:
 ## Load test: 200 clients reading pages while a worker generates (p95 < 100 ms).
 load: deps assets build
 	scripts/load.sh
+
+## Speed on this machine: engine throughput, question page render time
+## (8 explanations × 1,000 tokens), compressed asset sizes.
+bench: deps assets build
+	scripts/bench.sh
 
 ## Regenerate the committed .sqlx query data (needs a running database:
 ## DATABASE_URL, or the embedded one via `rlt db start`).

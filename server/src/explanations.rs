@@ -147,19 +147,20 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<ExplanationDetail> {
 
 /// Every reward of these explanations, oldest first.
 pub async fn rewards_of(pool: &PgPool, explanation_ids: &[i64]) -> Result<Vec<RewardRecord>> {
+    // Straight from the JSON bytes into the arrays: a page of long
+    // explanations decodes tens of thousands of numbers here.
     let rows = sqlx::query!(
-        "SELECT id, explanation_id, teacher_model_id, student_model_id, reward_config_hash, job_id, created_at,
+        r#"SELECT id, explanation_id, teacher_model_id, student_model_id, reward_config_hash, job_id, created_at,
                 reward, solution_logprob_mean, solution_logprob_min, thought_kl_mean, thought_kl_max, match_penalty,
-                solution_tokens, thought_tokens, tokens
-         FROM rewards WHERE explanation_id = ANY($1) ORDER BY id",
+                solution_tokens, thought_tokens, tokens AS "tokens: sqlx::types::Json<TokenArrays>"
+         FROM rewards WHERE explanation_id = ANY($1) ORDER BY id"#,
         explanation_ids
     )
     .fetch_all(pool)
     .await?;
     rows.into_iter()
         .map(|r| {
-            let detail: TokenArrays = serde_json::from_value(r.tokens)
-                .map_err(|e| Error::Internal(anyhow::anyhow!("stored reward {} has bad token arrays: {e}", r.id)))?;
+            let detail = r.tokens.0;
             Ok(RewardRecord {
                 id: r.id,
                 explanation_id: r.explanation_id,
@@ -190,7 +191,7 @@ pub async fn rewards_of(pool: &PgPool, explanation_ids: &[i64]) -> Result<Vec<Re
 }
 
 /// The per-token part of a [`ScoreResult`], as stored in `rewards.tokens`.
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct TokenArrays {
     solution_token_texts: Vec<String>,
     solution_logprobs: Vec<f64>,

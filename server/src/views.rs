@@ -286,7 +286,34 @@ pub async fn question(db: &PgPool, id: i64, cols: &[String]) -> Result<QuestionV
     for key in chosen {
         columns.push(column(db, &all, &key, &run_steps).await?);
     }
+    for c in &mut columns {
+        if let Some(r) = &mut c.reward {
+            round_token_values(&mut r.score);
+        }
+        // A scored explanation is shown token by token; its text would only
+        // double the page.
+        if let (Some(e), Some(_)) = (&mut c.explanation, &c.reward) {
+            e.completion.clear();
+        }
+    }
     Ok(QuestionView { question, sources, columns })
+}
+
+/// Per-token values to 4 decimals: the page shows 3, and full f64 digits
+/// would make a page of 8 long explanations several times larger.
+fn round_token_values(score: &mut rlt_types::ScoreResult) {
+    for values in [
+        &mut score.solution_logprobs,
+        &mut score.thought_teacher_logprobs,
+        &mut score.thought_student_logprobs,
+        &mut score.thought_kl,
+    ] {
+        for v in values.iter_mut() {
+            if v.is_finite() {
+                *v = (*v * 1e4).round() / 1e4;
+            }
+        }
+    }
 }
 
 async fn column(db: &PgPool, all: &[ExplanationSummary], key: &str, run_steps: &[(i64, i32)]) -> Result<Column> {

@@ -38,6 +38,34 @@ fn text_color(rgb: (u8, u8, u8)) -> &'static str {
     if luma > 140.0 { "#111" } else { "#fff" }
 }
 
+/// Colour buckets of a heatmap; the legend and `HeatmapStyles` use the same.
+pub const BUCKETS: usize = 32;
+
+/// The class of each bucket, spelled out so rendering allocates nothing for it.
+const BUCKET_CLASSES: [&str; BUCKETS] = [
+    "tok h0", "tok h1", "tok h2", "tok h3", "tok h4", "tok h5", "tok h6", "tok h7", "tok h8", "tok h9", "tok h10",
+    "tok h11", "tok h12", "tok h13", "tok h14", "tok h15", "tok h16", "tok h17", "tok h18", "tok h19", "tok h20",
+    "tok h21", "tok h22", "tok h23", "tok h24", "tok h25", "tok h26", "tok h27", "tok h28", "tok h29", "tok h30",
+    "tok h31",
+];
+
+fn bucket(t: f64) -> usize {
+    let t = if t.is_finite() { t.clamp(0.0, 1.0) } else { 0.0 };
+    ((t * BUCKETS as f64) as usize).min(BUCKETS - 1)
+}
+
+/// The CSS of the colour buckets (`.tok.h0` … `.tok.h31`), once per page.
+#[component]
+pub fn HeatmapStyles() -> impl IntoView {
+    let css_text: String = (0..BUCKETS)
+        .map(|i| {
+            let rgb = viridis((i as f64 + 0.5) / BUCKETS as f64);
+            format!(".tok.h{i}{{background:{};color:{}}}", css(rgb), text_color(rgb))
+        })
+        .collect();
+    view! { <style>{css_text}</style> }
+}
+
 /// Tokens coloured by `values` mapped from [lo, hi]; `hover[i]` is the
 /// tooltip of token i.
 #[component]
@@ -55,9 +83,9 @@ pub fn TokenHeatmap(
         .zip(values)
         .zip(hover)
         .map(|((token, value), title)| {
-            let rgb = viridis((value - lo) / span);
-            let style = format!("background:{};color:{}", css(rgb), text_color(rgb));
-            view! { <span class="tok" style=style title=title data-value=format!("{value:.4}")>{token}</span> }
+            // A class per colour bucket rather than an inline style: pages
+            // carry thousands of tokens.
+            view! { <span class=BUCKET_CLASSES[bucket((value - lo) / span)] title=title>{token}</span> }
         })
         .collect_view();
     // The tooltip works without JavaScript; once hydrated, the hovered
@@ -107,5 +135,9 @@ mod tests {
         assert_eq!(viridis(f64::NAN), VIRIDIS[0]);
         assert_eq!(text_color(VIRIDIS[0]), "#fff");
         assert_eq!(text_color(VIRIDIS[8]), "#111");
+        for (i, class) in BUCKET_CLASSES.iter().enumerate() {
+            assert_eq!(*class, format!("tok h{i}"));
+        }
+        assert_eq!((bucket(0.0), bucket(0.5), bucket(1.0), bucket(f64::NAN)), (0, BUCKETS / 2, BUCKETS - 1, 0));
     }
 }

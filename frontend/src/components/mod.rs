@@ -8,6 +8,6 @@ pub mod live;
 mod page_ready;
 
 pub use error_box::ErrorBox;
-pub use heatmap::{HeatmapLegend, TokenHeatmap};
+pub use heatmap::{HeatmapLegend, HeatmapStyles, TokenHeatmap};
 pub use job_progress::{JobProgress, eta_text};
 pub use page_ready::PageReady;

@@ -11,7 +11,7 @@ use rlt_types::{Column, RewardRecord};
 
 use super::{error_message, fmt_reward, urlencode};
 use crate::api::load_question;
-use crate::components::{ErrorBox, HeatmapLegend, PageReady, TokenHeatmap};
+use crate::components::{ErrorBox, HeatmapLegend, HeatmapStyles, PageReady, TokenHeatmap};
 
 /// The 95th percentile of |values| (at least `floor`), so one outlier does
 /// not wash out every other token's colour.
@@ -22,6 +22,22 @@ fn scale_top(values: impl Iterator<Item = f64>, floor: f64) -> f64 {
     }
     v.sort_by(f64::total_cmp);
     v[((v.len() as f64 * 0.95) as usize).min(v.len() - 1)].max(floor)
+}
+
+/// Appends `x` with three decimals, as `{x:.3}` would, but through integer
+/// formatting: a page of long explanations formats tens of thousands.
+fn fixed3(out: &mut String, x: f64) {
+    use std::fmt::Write;
+    if !x.is_finite() || x.abs() > 1e12 {
+        let _ = write!(out, "{x:.3}");
+        return;
+    }
+    let m = (x * 1000.0).round() as i64;
+    if m < 0 {
+        out.push('-');
+    }
+    let a = m.unsigned_abs();
+    let _ = write!(out, "{}.{:03}", a / 1000, a % 1000);
 }
 
 fn cols_query(keys: &[String]) -> String {
@@ -87,6 +103,7 @@ pub fn QuestionPage() -> impl IntoView {
                                 </form>
                             </details>
                             {any_reward.then(|| view! {
+                                <HeatmapStyles />
                                 <div class="legends">
                                     <HeatmapLegend label="thought KL per token (teacher − student log-prob)" lo=0.0 hi=kl_top />
                                     <HeatmapLegend label="solution surprise per token (−log-prob)" lo=0.0 hi=lp_top />
@@ -193,14 +210,25 @@ fn Scored(reward: RewardRecord, kl_top: f64, lp_top: f64) -> impl IntoView {
     let s = reward.score;
     let thought_hover: Vec<String> = (0..s.thought_kl.len())
         .map(|i| {
-            format!(
-                "KL {:.3} = teacher {:.3} − student {:.3}",
-                s.thought_kl[i], s.thought_teacher_logprobs[i], s.thought_student_logprobs[i]
-            )
+            let mut t = String::with_capacity(48);
+            t.push_str("KL ");
+            fixed3(&mut t, s.thought_kl[i]);
+            t.push_str(" = teacher ");
+            fixed3(&mut t, s.thought_teacher_logprobs[i]);
+            t.push_str(" − student ");
+            fixed3(&mut t, s.thought_student_logprobs[i]);
+            t
         })
         .collect();
-    let solution_hover: Vec<String> =
-        s.solution_logprobs.iter().map(|lp| format!("student log-prob {lp:.3}")).collect();
+    let solution_hover: Vec<String> = s
+        .solution_logprobs
+        .iter()
+        .map(|lp| {
+            let mut t = String::from("student log-prob ");
+            fixed3(&mut t, *lp);
+            t
+        })
+        .collect();
     let surprise: Vec<f64> = s.solution_logprobs.iter().map(|lp| -lp).collect();
     view! {
         // An explicit tbody: the browser's parser adds one anyway, and
@@ -218,5 +246,21 @@ fn Scored(reward: RewardRecord, kl_top: f64, lp_top: f64) -> impl IntoView {
         <TokenHeatmap tokens=s.thought_token_texts values=s.thought_kl hover=thought_hover lo=0.0 hi=kl_top class="thought" />
         <h4>"Solution given this explanation (surprise)"</h4>
         <TokenHeatmap tokens=s.solution_token_texts values=surprise hover=solution_hover lo=0.0 hi=lp_top class="solution" />
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixed3;
+
+    #[test]
+    fn fixed3_matches_format() {
+        for x in [0.0, 1.0, -1.0, 0.0004, -0.0004, 2.3456, -2.3457, 123.4567, -0.9999, f64::NAN, f64::NEG_INFINITY] {
+            let mut s = String::new();
+            fixed3(&mut s, x);
+            let expected = format!("{x:.3}");
+            // Values within an ulp of a tie may round the other way; none here.
+            assert_eq!(s, if expected == "-0.000" { "0.000".to_owned() } else { expected }, "{x}");
+        }
     }
 }
