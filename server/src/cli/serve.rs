@@ -52,11 +52,16 @@ async fn serve(global: &GlobalArgs, args: &ServeArgs, db: &Database) -> anyhow::
     }
     // Experiments need the default model in the registry; hashing it once
     // here keeps the first request fast.
+    let registry = Arc::new(Registry::standard());
     match crate::models::ensure_default(&db.pool, &global.data_dir).await {
-        Ok(model) => tracing::info!(model = %model.name, sha256 = %model.sha256, "default model registered"),
+        Ok(model) => {
+            tracing::info!(model = %model.name, sha256 = %model.sha256, "default model registered");
+            if !args.no_demo {
+                crate::demo::start_run_once(&db.pool, &registry, model.id).await;
+            }
+        }
         Err(e) => tracing::warn!(error = %e, "the default model is not available"),
     }
-    let registry = Arc::new(Registry::standard());
     let events = EventHub::start(db.pool.clone());
     let artifacts = global.artifacts()?;
     tracing::info!(location = %artifacts.location, "artifact store");
