@@ -227,6 +227,8 @@ async fn dashboard_end_to_end_in_headless_chromium() {
     assert_eq!(bar.attr("aria-valuenow").await.unwrap().as_deref(), Some("100"));
     assert_eq!(b.text(".job-progress .counts").await, "2/2");
     b.screenshot("job").await;
+    let (_, r) = app.get_json(&format!("/api/v1/runs/{run}")).await;
+    assert_eq!(r["status"], "succeeded", "a run's status follows its jobs: {r}");
 
     // The question: a reference column and the run's column side by side,
     // each with token heatmaps, and the hostile reference text inert.

@@ -89,13 +89,20 @@ impl From<Row> for Run {
     }
 }
 
+/// A run's status follows its jobs: running while one is queued or running,
+/// else the newest job's outcome, and `created` before its first job.
 pub async fn get(pool: &PgPool, id: i64) -> Result<Run> {
     sqlx::query_as!(
         Row,
-        "SELECT r.id, r.experiment_id, e.name AS experiment_name, r.config_id, c.version AS config_version, r.name,
-                r.status, r.seed, r.config_hash, r.teacher_sha256, r.student_sha256, r.code_version, r.created_at
+        r#"SELECT r.id, r.experiment_id, e.name AS experiment_name, r.config_id, c.version AS config_version, r.name,
+                COALESCE(js.status, r.status) AS "status!", r.seed, r.config_hash, r.teacher_sha256, r.student_sha256,
+                r.code_version, r.created_at
          FROM runs r JOIN experiments e ON e.id = r.experiment_id JOIN experiment_configs c ON c.id = r.config_id
-         WHERE r.id = $1",
+         LEFT JOIN LATERAL (
+             SELECT CASE WHEN bool_or(j.status IN ('queued', 'running')) THEN 'running'
+                         ELSE (array_agg(j.status ORDER BY j.id DESC))[1] END AS status
+             FROM jobs j WHERE j.run_id = r.id) js ON true
+         WHERE r.id = $1"#,
         id
     )
     .fetch_optional(pool)
@@ -107,11 +114,16 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<Run> {
 pub async fn list(pool: &PgPool, experiment_id: Option<i64>) -> Result<Vec<Run>> {
     let rows = sqlx::query_as!(
         Row,
-        "SELECT r.id, r.experiment_id, e.name AS experiment_name, r.config_id, c.version AS config_version, r.name,
-                r.status, r.seed, r.config_hash, r.teacher_sha256, r.student_sha256, r.code_version, r.created_at
+        r#"SELECT r.id, r.experiment_id, e.name AS experiment_name, r.config_id, c.version AS config_version, r.name,
+                COALESCE(js.status, r.status) AS "status!", r.seed, r.config_hash, r.teacher_sha256, r.student_sha256,
+                r.code_version, r.created_at
          FROM runs r JOIN experiments e ON e.id = r.experiment_id JOIN experiment_configs c ON c.id = r.config_id
+         LEFT JOIN LATERAL (
+             SELECT CASE WHEN bool_or(j.status IN ('queued', 'running')) THEN 'running'
+                         ELSE (array_agg(j.status ORDER BY j.id DESC))[1] END AS status
+             FROM jobs j WHERE j.run_id = r.id) js ON true
          WHERE ($1::bigint IS NULL OR r.experiment_id = $1)
-         ORDER BY r.id DESC",
+         ORDER BY r.id DESC"#,
         experiment_id
     )
     .fetch_all(pool)
