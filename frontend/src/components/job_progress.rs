@@ -88,3 +88,19 @@ pub fn JobProgress(job: Job, #[prop(optional)] logs: Vec<JobLog>, #[prop(optiona
         </div>
     }
 }
+
+/// Jobs, each linked to its page with its live progress.
+#[component]
+pub fn JobList(jobs: Vec<Job>, #[prop(into)] id: String) -> impl IntoView {
+    view! {
+        <ul class="jobs" id=id>
+            {jobs.into_iter().map(|j| view! {
+                <li>
+                    <a href=format!("/jobs/{}", j.id)>{format!("job {} · {}", j.id, j.kind)}</a>
+                    " "
+                    <JobProgress job=j />
+                </li>
+            }).collect_view()}
+        </ul>
+    }
+}

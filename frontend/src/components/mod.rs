@@ -9,5 +9,5 @@ mod page_ready;
 
 pub use error_box::ErrorBox;
 pub use heatmap::{HeatmapLegend, HeatmapStyles, TokenHeatmap};
-pub use job_progress::{JobProgress, eta_text};
+pub use job_progress::{JobList, JobProgress, eta_text};
 pub use page_ready::PageReady;

@@ -7,7 +7,7 @@ use leptos_meta::Title;
 use super::{error_message, fmt_reward};
 use crate::api::load_overview;
 use crate::components::chart::sparkline_svg;
-use crate::components::{ErrorBox, JobProgress, PageReady};
+use crate::components::{ErrorBox, JobList, PageReady};
 
 #[component]
 pub fn OverviewPage() -> impl IntoView {
@@ -119,16 +119,7 @@ pub fn OverviewPage() -> impl IntoView {
                             {if v.active_jobs.is_empty() {
                                 view! { <p class="empty">"No jobs are queued or running."</p> }.into_any()
                             } else {
-                                view! {
-                                    <ul class="jobs" id="active-jobs">
-                                        {v.active_jobs.into_iter().map(|j| view! {
-                                            <li>
-                                                <a href=format!("/jobs/{}", j.id)>{format!("job {} · {}", j.id, j.kind)}</a>
-                                                <JobProgress job=j />
-                                            </li>
-                                        }).collect_view()}
-                                    </ul>
-                                }.into_any()
+                                view! { <JobList jobs=v.active_jobs id="active-jobs" /> }.into_any()
                             }}
                         </section>
                     }.into_any(),

@@ -13,7 +13,7 @@ use rlt_types::{MetricPoint, RunView};
 use super::error_message;
 use crate::api::load_run;
 use crate::components::chart::{Series, line_chart_svg, smooth};
-use crate::components::{ErrorBox, JobProgress, PageReady, live};
+use crate::components::{ErrorBox, JobList, PageReady, live};
 
 /// Metric points grouped by name, each sorted by step.
 fn by_name(points: &[MetricPoint]) -> BTreeMap<String, Vec<(f64, f64)>> {
@@ -184,11 +184,7 @@ fn RunBody(v: RunView, smoothing: f64) -> impl IntoView {
             {if v.jobs.is_empty() {
                 view! { <p class="empty">"No jobs for this run yet: queue one from the experiment's page."</p> }.into_any()
             } else {
-                view! {
-                    <ul class="jobs">{v.jobs.into_iter().map(|j| view! {
-                        <li><a href=format!("/jobs/{}", j.id)>{format!("job {} · {}", j.id, j.kind)}</a> <JobProgress job=j /></li>
-                    }).collect_view()}</ul>
-                }.into_any()
+                view! { <JobList jobs=v.jobs id="run-jobs" /> }.into_any()
             }}
         </section>
     }
