@@ -7,7 +7,7 @@ export SQLX_OFFLINE ?= true
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 RLT := $(TARGET_DIR)/release/rlt
 
-.PHONY: run test fuzz load bench build deps test-deps assets check fmt clippy sqlx-prepare
+.PHONY: run test fuzz load bench bench-compare bench-peers build deps test-deps assets check fmt clippy sqlx-prepare
 
 ## Set up everything that is missing, then serve the app with demo data.
 run: deps assets build
@@ -62,3 +62,18 @@ bench: deps assets build
 ## DATABASE_URL, or the embedded one via `rlt db start`).
 sqlx-prepare:
 	scripts/sqlx-prepare.sh
+
+## The same work with PyTorch and llama.cpp, side by side in rounds, and the
+## ratios against the targets. The peers live in a venv under the data dir,
+## installed only if missing. Run it on an otherwise idle machine.
+PEER_VENV := $(RLT_DATA_DIR)/venv
+bench-compare: bench-peers
+	scripts/fetch-assets.sh
+	cargo build --release -p rlt-engine --example bench
+	$(PEER_VENV)/bin/python scripts/reference/bench_compare.py --engine $(TARGET_DIR)/release/examples/bench
+
+bench-peers:
+	@test -x $(PEER_VENV)/bin/python || python3 -m venv $(PEER_VENV)
+	@$(PEER_VENV)/bin/python -c "import torch, transformers, gguf, llama_cpp" 2>/dev/null || { \
+	  $(PEER_VENV)/bin/pip install torch && \
+	  $(PEER_VENV)/bin/pip install transformers gguf numpy accelerate llama-cpp-python; }

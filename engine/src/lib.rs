@@ -37,6 +37,7 @@
 //! `engine/examples/bench.rs` measures scoring and decoding throughput.
 
 pub mod chat_template;
+mod cpu;
 pub mod device;
 pub mod error;
 pub mod generate;
@@ -45,8 +46,10 @@ mod kernels;
 pub mod load;
 pub mod logprobs;
 pub mod model;
+mod quant;
 pub mod reward;
 pub mod sampling;
+mod sgemm;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

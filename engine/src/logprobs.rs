@@ -48,6 +48,9 @@ pub fn batch_logprobs(model: &Model, input_ids: &Tensor, left_pad: &[usize], tem
     if t < 2 {
         return Ok(Tensor::zeros((b, 0), DType::F32, model.device())?);
     }
+    if let Some(lp) = model.cpu_logprobs(input_ids, left_pad, temperature) {
+        return lp;
+    }
     let hidden = model.forward_hidden(input_ids, left_pad)?;
     let mut rows = Vec::with_capacity(b);
     for r in 0..b {

@@ -26,8 +26,10 @@ use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
+use crate::cpu::{self, CpuLayer, CpuLinear, CpuModel, Embedding, GateUp, HostKv};
 use crate::error::{Error, Result};
 use crate::kernels::{Q4MatMul, Q4Matrix, Q8MatMul, Q8Matrix};
+use crate::sgemm::PackedB;
 
 /// Model families this decoder implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -537,6 +539,9 @@ struct LayerCache {
 #[derive(Debug, Clone)]
 pub struct KvCache {
     layers: Vec<Option<LayerCache>>,
+    /// The CPU backend's keys and values (see `cpu`): one or the other
+    /// vector is used, by the backend of the model that fills the cache.
+    host: Vec<Option<HostKv>>,
     len: usize,
     left_pad: Vec<usize>,
 }
@@ -544,7 +549,7 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for a batch whose rows have the given left padding.
     pub fn new(num_layers: usize, left_pad: Vec<usize>) -> Self {
-        Self { layers: vec![None; num_layers], len: 0, left_pad }
+        Self { layers: vec![None; num_layers], host: vec![None; num_layers], len: 0, left_pad }
     }
 
     /// Columns filled so far (padding included).
@@ -568,6 +573,10 @@ impl KvCache {
     /// prefilled prompt out into a group of completions, and to drop
     /// finished rows.
     pub fn select_rows(&self, rows: &[usize]) -> Result<Self> {
+        if let Some(&bad) = rows.iter().find(|&&r| r >= self.batch_size()) {
+            return Err(Error::InvalidInput(format!("row {bad} of a cache of {} rows", self.batch_size())));
+        }
+        let host = self.host.iter().map(|l| l.as_ref().map(|l| l.select_rows(rows))).collect();
         let first = self.layers.iter().flatten().next();
         let device = match first {
             Some(l) => l.k.device().clone(),
@@ -586,7 +595,7 @@ impl KvCache {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { layers, len: self.len, left_pad: rows.iter().map(|&r| self.left_pad[r]).collect() })
+        Ok(Self { layers, host, len: self.len, left_pad: rows.iter().map(|&r| self.left_pad[r]).collect() })
     }
 
     /// Appends `k`, `v` (`[b, kv_heads, t, d]`) to layer `i` and returns the
@@ -821,13 +830,125 @@ struct StepContext<'a> {
     left_pad: Vec<usize>,
 }
 
+/// Runs `f` on the data of an f32 CPU tensor without copying it when it
+/// is contiguous.
+fn with_host_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.to_dtype(DType::F32)?.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) => {
+            Ok(f(&data[layout.start_offset()..layout.start_offset() + t.elem_count()]))
+        }
+        _ => Err(Error::InvalidInput("expected an f32 tensor in host memory".into())),
+    }
+}
+
+fn host_vec(t: &Tensor) -> Result<Vec<f32>> {
+    with_host_f32(t, |d| d.to_vec())
+}
+
+/// A projection for the CPU backend (consumes the candle one, so its
+/// dense weight is freed once packed).
+fn cpu_linear(l: Linear) -> Result<CpuLinear> {
+    let bias = |b: Option<Tensor>| b.as_ref().map(host_vec).transpose();
+    Ok(match l {
+        Linear::Dense { weight, bias: b } => {
+            let (n, k) = weight.dims2()?;
+            let w = with_host_f32(&weight, |d| PackedB::from_rows(d, n, k))?;
+            CpuLinear::Packed { w: Arc::new(w), bias: bias(b)? }
+        }
+        Linear::Q4 { weight, bias: b } => CpuLinear::Q4 { w: weight, bias: bias(b)? },
+        Linear::Q8 { weight, bias: b } => CpuLinear::Q8 { w: weight, bias: bias(b)? },
+        Linear::Quantized { .. } => {
+            return Err(Error::InvalidInput("candle's quantized matrices have no CPU-backend form".into()));
+        }
+    })
+}
+
+impl CandleParts {
+    /// Whether every projection has a CPU-backend form.
+    fn cpu_ready(&self) -> bool {
+        let ok = |l: &Linear| matches!(l, Linear::Dense { .. } | Linear::Q4 { .. } | Linear::Q8 { .. });
+        let fused = |p: &Projections| matches!(p, Projections::Fused(l) if ok(l));
+        ok(&self.lm_head)
+            && self.layers.iter().all(|l| {
+                fused(&l.self_attn.qkv) && ok(&l.self_attn.o_proj) && fused(&l.mlp.gate_up) && ok(&l.mlp.down_proj)
+            })
+    }
+
+    /// Repacks the weights for the CPU backend, layer by layer.
+    fn into_cpu(self, cfg: &Config) -> Result<CpuModel> {
+        let CandleParts { embed_tokens, layers, norm, lm_head, rotary } = self;
+        let inter = cfg.intermediate_size;
+        let mut cpu_layers = Vec::with_capacity(layers.len());
+        for layer in layers {
+            let DecoderLayer { input_layernorm, self_attn, post_attention_layernorm, mlp } = layer;
+            let (Projections::Fused(qkv), Projections::Fused(gate_up)) = (self_attn.qkv, mlp.gate_up) else {
+                return Err(Error::InvalidInput("unfused projections have no CPU-backend form".into()));
+            };
+            let gate_up = match gate_up {
+                Linear::Dense { weight, bias: None } if inter.is_multiple_of(crate::sgemm::NR) => {
+                    let h = weight.dim(1)?;
+                    let both =
+                        with_host_f32(&weight, |d| PackedB::interleaved(&d[..inter * h], &d[inter * h..], inter, h))?
+                            .expect("n a multiple of NR");
+                    GateUp::Packed(Arc::new(both))
+                }
+                other => GateUp::Fused(cpu_linear(other)?),
+            };
+            cpu_layers.push(CpuLayer {
+                attn_norm: host_vec(&input_layernorm.weight)?,
+                qkv: cpu_linear(qkv)?,
+                o: cpu_linear(self_attn.o_proj)?,
+                mlp_norm: host_vec(&post_attention_layernorm.weight)?,
+                gate_up,
+                down: cpu_linear(mlp.down_proj)?,
+            });
+        }
+        let tied_dense = cfg.tie_word_embeddings && matches!(lm_head, Linear::Dense { .. });
+        let lm_head = cpu_linear(lm_head)?;
+        let embed = if tied_dense { Embedding::LmHead } else { Embedding::Table(host_vec(&embed_tokens)?) };
+        drop(embed_tokens);
+        Ok(CpuModel {
+            layers: cpu_layers,
+            norm: host_vec(&norm.weight)?,
+            eps: norm.eps as f32,
+            lm_head,
+            embed,
+            cos: host_vec(&rotary.cos)?,
+            sin: host_vec(&rotary.sin)?,
+            hidden: cfg.hidden_size,
+            inter,
+            heads: cfg.num_attention_heads,
+            kv_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+            vocab: cfg.vocab_size,
+        })
+    }
+}
+
+/// The candle modules of the decoder (any device, training included).
 #[derive(Debug, Clone)]
-pub struct Model {
+struct CandleParts {
     embed_tokens: Tensor,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     lm_head: Linear,
     rotary: RotaryEmbedding,
+}
+
+/// How the forward pass runs.
+#[derive(Debug, Clone)]
+enum Backend {
+    /// candle ops (GPUs, training, CPUs without AVX2).
+    Candle(CandleParts),
+    /// The engine's own CPU inference path (see `cpu`).
+    Cpu(Arc<CpuModel>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Model {
+    backend: Backend,
     cfg: Config,
     mode: Mode,
     device: Device,
@@ -870,7 +991,17 @@ impl Model {
             weights.finish(weights.linear("lm_head", cfg.vocab_size, cfg.hidden_size, false)?)?
         };
         let rotary = RotaryEmbedding::new(cfg, dtype, &device)?;
-        Ok(Self { embed_tokens, layers, norm, lm_head, rotary, cfg: cfg.clone(), mode, device, dtype })
+        // The loader's copies of the weights go before any repacking, so
+        // that the peak holds one copy plus one layer.
+        drop(weights);
+        let parts = CandleParts { embed_tokens, layers, norm, lm_head, rotary };
+        let cpu_path = mode == Mode::Inference
+            && device.is_cpu()
+            && dtype == DType::F32
+            && crate::sgemm::supported()
+            && parts.cpu_ready();
+        let backend = if cpu_path { Backend::Cpu(Arc::new(parts.into_cpu(cfg)?)) } else { Backend::Candle(parts) };
+        Ok(Self { backend, cfg: cfg.clone(), mode, device, dtype })
     }
 
     pub fn config(&self) -> &Config {
@@ -916,15 +1047,64 @@ impl Model {
 
     /// Projects hidden states to vocabulary logits.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        Ok(self.lm_head.forward(hidden)?)
+        match &self.backend {
+            Backend::Candle(p) => Ok(p.lm_head.forward(hidden)?),
+            Backend::Cpu(cpu) => {
+                let mut dims = hidden.dims().to_vec();
+                let h = self.cfg.hidden_size;
+                if dims.last() != Some(&h) {
+                    return Err(Error::InvalidInput(format!("hidden states {dims:?} do not end in {h}")));
+                }
+                let data = hidden.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let m = data.len() / h;
+                let logits = cpu::in_pool(|| cpu.logits(&data, m));
+                *dims.last_mut().expect("checked above") = self.cfg.vocab_size;
+                Ok(Tensor::from_vec(logits, dims, &self.device)?)
+            }
+        }
     }
 
-    fn run(&self, input_ids: &Tensor, left_pad: &[usize], mut cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let (b, t) = input_ids.dims2()?;
+    /// Teacher-forced log-probs `[b, t-1]` through the CPU backend (the
+    /// lm_head fused with the log-softmax), or None on the candle backend.
+    pub(crate) fn cpu_logprobs(
+        &self,
+        input_ids: &Tensor,
+        left_pad: &[usize],
+        temperature: f64,
+    ) -> Option<Result<Tensor>> {
+        let Backend::Cpu(cpu) = &self.backend else {
+            return None;
+        };
+        let run = || -> Result<Tensor> {
+            let (b, t) = input_ids.dims2()?;
+            let ids = input_ids.flatten_all()?.to_vec1::<u32>()?;
+            self.check(b, t, left_pad, 0)?;
+            let h = self.cfg.hidden_size;
+            let lp = cpu::in_pool(|| -> Result<Vec<f32>> {
+                let hidden = cpu.forward(&ids, b, t, left_pad, None, self.max_len(left_pad))?;
+                // Rows whose next token exists: columns 0..t-1 of each row.
+                let mut rows = Vec::with_capacity(b * (t - 1) * h);
+                let mut targets = Vec::with_capacity(b * (t - 1));
+                for r in 0..b {
+                    rows.extend_from_slice(&hidden[r * t * h..(r * t + t - 1) * h]);
+                    targets.extend_from_slice(&ids[r * t + 1..(r + 1) * t]);
+                }
+                Ok(cpu.logprobs(&rows, &targets, (1.0 / temperature) as f32))
+            })?;
+            Ok(Tensor::from_vec(lp, (b, t - 1), &self.device)?)
+        };
+        Some(run())
+    }
+
+    fn max_len(&self, left_pad: &[usize]) -> usize {
+        self.cfg.max_position_embeddings + left_pad.iter().copied().max().unwrap_or(0)
+    }
+
+    /// Validates a batch of `b` rows of `t` new columns after `past`.
+    fn check(&self, b: usize, t: usize, left_pad: &[usize], past: usize) -> Result<()> {
         if left_pad.len() != b {
             return Err(Error::InvalidInput(format!("{} padding entries for a batch of {b}", left_pad.len())));
         }
-        let past = cache.as_ref().map_or(0, |c| c.len);
         let total = past + t;
         if left_pad.iter().any(|&p| p > total) {
             return Err(Error::InvalidInput("padding longer than the sequence".into()));
@@ -933,11 +1113,32 @@ impl Model {
         if longest > self.cfg.max_position_embeddings {
             return Err(Error::ContextOverflow { len: longest, context: self.cfg.max_position_embeddings });
         }
+        Ok(())
+    }
+
+    fn run(&self, input_ids: &Tensor, left_pad: &[usize], mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        let past = cache.as_ref().map_or(0, |c| c.len);
+        let total = past + t;
+        self.check(b, t, left_pad, past)?;
         if let Some(c) = cache.as_ref()
             && c.batch_size() != b
         {
             return Err(Error::InvalidInput(format!("cache holds {} rows, batch has {b}", c.batch_size())));
         }
+        let parts = match &self.backend {
+            Backend::Candle(p) => p,
+            Backend::Cpu(cpu) => {
+                let ids = input_ids.flatten_all()?.to_vec1::<u32>()?;
+                let max_len = self.max_len(left_pad);
+                let host = cache.as_deref_mut().map(|c| (&mut c.host[..], past));
+                let hidden = cpu::in_pool(|| cpu.forward(&ids, b, t, left_pad, host, max_len))?;
+                if let Some(c) = cache {
+                    c.len = total;
+                }
+                return Ok(Tensor::from_vec(hidden, (b, t, self.cfg.hidden_size), &self.device)?);
+            }
+        };
 
         // Positions count from each row's first real token; padding columns
         // get position 0 (their outputs are never used).
@@ -948,7 +1149,7 @@ impl Model {
             }
         }
         let positions = Tensor::from_vec(positions, (b, t), &self.device)?;
-        let (cos, sin) = self.rotary.at(&positions)?;
+        let (cos, sin) = parts.rotary.at(&positions)?;
         let fused_attention = self.mode == Mode::Inference && self.device.is_cpu() && self.dtype == DType::F32;
         let mask = if fused_attention { None } else { self.mask(left_pad, past, t)? };
 
@@ -958,24 +1159,20 @@ impl Model {
             mask,
             cache: cache.as_deref_mut(),
             mode: self.mode,
-            max_len: self.cfg.max_position_embeddings + left_pad.iter().copied().max().unwrap_or(0),
+            max_len: self.max_len(left_pad),
             fused_attention,
             left_pad: left_pad.to_vec(),
         };
-        let mut xs = self.embed(input_ids)?;
-        for (i, layer) in self.layers.iter().enumerate() {
+        let (b2, t2) = input_ids.dims2()?;
+        let ids = input_ids.flatten_all()?;
+        let mut xs = parts.embed_tokens.index_select(&ids, 0)?.reshape((b2, t2, self.cfg.hidden_size))?;
+        for (i, layer) in parts.layers.iter().enumerate() {
             xs = layer.forward(&xs, &mut ctx, i)?;
         }
         if let Some(c) = cache {
             c.len = total;
         }
-        Ok(self.norm.forward(&xs, self.mode)?)
-    }
-
-    fn embed(&self, input_ids: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, t) = input_ids.dims2()?;
-        let ids = input_ids.flatten_all()?;
-        self.embed_tokens.index_select(&ids, 0)?.reshape((b, t, self.cfg.hidden_size))
+        Ok(parts.norm.forward(&xs, self.mode)?)
     }
 
     /// The additive attention mask for query columns `past..past+t` over key

@@ -1,0 +1,733 @@
+//! Single-precision matrix multiplication for CPU inference.
+//!
+//! `C = A · B` where `A [m, k]` is row-major with any row stride (the
+//! activations) and `B [k, n]` is packed ahead of time into panels of
+//! [`NR`] columns (a weight `W [n, k]` packed as `Wᵀ` once at load time,
+//! or keys and values packed once per attention layer). The structure is
+//! the usual one of BLIS and of the `gemm` crate candle uses: `A` is
+//! repacked per block into micro-panels of [`MR`] rows that stay in L2,
+//! one `B` micro-panel (`kc × NR`, at most 20 KB) stays in L1 while all
+//! of the block's row panels stream past it, and a 6×16 register tile of
+//! twelve AVX2 accumulators does the arithmetic (two loads and six
+//! broadcasts per twelve FMAs).
+//!
+//! What this adds over calling `gemm` through candle: the weights are
+//! packed once instead of on every call, the work is split into tasks
+//! sized for two cores (rayon), and a task can hand its finished block of
+//! `C` to a closure while it is still in cache. The lm_head's
+//! log-softmax and the MLP's SiLU·up use that to never write their large
+//! intermediate outputs to memory.
+//!
+//! The AVX2/FMA kernel is chosen at run time ([`supported`]); a portable
+//! kernel with the same packing keeps the code correct elsewhere (the
+//! model only uses this path where the fast kernel runs).
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+/// Rows of the register tile.
+pub(crate) const MR: usize = 6;
+/// Columns of the register tile and width of a packed `B` panel.
+pub(crate) const NR: usize = 16;
+/// Largest slice of the inner dimension per pass: `KC_MAX × NR` floats of
+/// `B` (20 KB) plus an `A` micro-panel fit the 32 KB L1.
+const KC_MAX: usize = 320;
+/// Rows of `A` per block (a multiple of `MR`): `MC × KC_MAX` floats
+/// (180 KB) sit in L2 while every panel of the task's columns passes.
+pub(crate) const MC: usize = 144;
+/// 64-byte alignment, in floats: a packed `B` row of 16 floats is then
+/// exactly one cache line.
+const ALIGN: usize = 16;
+
+/// Whether this CPU runs the AVX2/FMA kernel.
+pub(crate) fn supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A growable f32 buffer whose contents start on a 64-byte boundary.
+#[derive(Debug, Default)]
+pub(crate) struct AlignedBuf {
+    raw: Vec<f32>,
+    off: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    pub(crate) fn zeroed(len: usize) -> Self {
+        let mut b = Self::default();
+        b.resize(len);
+        b
+    }
+
+    /// Makes room for `len` floats. Contents are unspecified after a
+    /// resize (callers overwrite what they use).
+    pub(crate) fn resize(&mut self, len: usize) {
+        if self.raw.len() < len + ALIGN {
+            self.raw = vec![0f32; len + ALIGN];
+            let addr = self.raw.as_ptr() as usize;
+            self.off = ((64 - addr % 64) % 64) / 4;
+        }
+        self.len = len;
+    }
+
+    pub(crate) fn as_slice(&self) -> &[f32] {
+        &self.raw[self.off..self.off + self.len]
+    }
+
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [f32] {
+        &mut self.raw[self.off..self.off + self.len]
+    }
+}
+
+/// Writes `B = Wᵀ` for `W [n, k]` (row stride `ldw`) into `out` as panels.
+fn pack_rows(w: &[f32], n: usize, k: usize, ldw: usize, out: &mut [f32]) {
+    for (p, panel) in out.chunks_exact_mut(k * NR).enumerate() {
+        let rows = NR.min(n - p * NR);
+        if rows < NR {
+            panel.fill(0.0);
+        }
+        for j in 0..rows {
+            let row = &w[(p * NR + j) * ldw..][..k];
+            for (kk, &v) in row.iter().enumerate() {
+                panel[kk * NR + j] = v;
+            }
+        }
+    }
+}
+
+/// Writes `B [k, n]` (row stride `ldb`) into `out` as panels.
+fn pack_cols(b: &[f32], k: usize, n: usize, ldb: usize, out: &mut [f32]) {
+    for (p, panel) in out.chunks_exact_mut(k * NR).enumerate() {
+        let cols = NR.min(n - p * NR);
+        for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
+            let src = &b[kk * ldb + p * NR..][..cols];
+            dst[..cols].copy_from_slice(src);
+            dst[cols..].fill(0.0);
+        }
+    }
+}
+
+/// A right operand packed for [`gemm`]: `n.div_ceil(NR)` panels, each
+/// `k × NR` floats, k-major (`panel[kk * NR + j] = B[kk, p * NR + j]`),
+/// zero-padded past column `n`.
+#[derive(Debug)]
+pub(crate) struct PackedB {
+    n: usize,
+    k: usize,
+    buf: AlignedBuf,
+}
+
+impl PackedB {
+    /// `B = Wᵀ` for a row-major weight `W [n, k]`.
+    pub(crate) fn from_rows(w: &[f32], n: usize, k: usize) -> Self {
+        let mut buf = AlignedBuf::zeroed(n.div_ceil(NR) * k * NR);
+        buf.as_mut_slice()
+            .par_chunks_mut(k * NR * 16)
+            .enumerate()
+            .for_each(|(c, out)| pack_rows(&w[c * 16 * NR * k..], n - c * 16 * NR, k, k, out));
+        Self { n, k, buf }
+    }
+
+    /// `Aᵀ` and `Bᵀ` for two weights `A`, `B` `[n, k]` with their panels
+    /// alternating (`a₀ b₀ a₁ b₁ …`), for two projections of the same
+    /// input whose outputs are combined column by column (gate and up): a
+    /// task that owns an even run of panels sees matching columns of both.
+    /// `n` must be a multiple of [`NR`].
+    pub(crate) fn interleaved(a: &[f32], b: &[f32], n: usize, k: usize) -> Option<Self> {
+        if !n.is_multiple_of(NR) || a.len() < n * k || b.len() < n * k {
+            return None;
+        }
+        let len = k * NR;
+        let mut buf = AlignedBuf::zeroed(2 * n * k);
+        buf.as_mut_slice().par_chunks_mut(2 * len).enumerate().for_each(|(p, pair)| {
+            let (pa, pb) = pair.split_at_mut(len);
+            pack_rows(&a[p * NR * k..], NR, k, k, pa);
+            pack_rows(&b[p * NR * k..], NR, k, k, pb);
+        });
+        Some(Self { n: 2 * n, k, buf })
+    }
+
+    pub(crate) fn n(&self) -> usize {
+        self.n
+    }
+
+    pub(crate) fn k(&self) -> usize {
+        self.k
+    }
+
+    pub(crate) fn view(&self) -> BView<'_> {
+        BView { n: self.n, k: self.k, ps: self.k * NR, data: self.buf.as_slice() }
+    }
+
+    /// Row `i` of the original `W` (column `i` of `B`).
+    pub(crate) fn row(&self, i: usize, out: &mut [f32]) {
+        let panel = &self.buf.as_slice()[(i / NR) * self.k * NR..][..self.k * NR];
+        for (o, chunk) in out.iter_mut().zip(panel.chunks_exact(NR)) {
+            *o = chunk[i % NR];
+        }
+    }
+}
+
+/// Packs `B = Wᵀ` for `W [n, k]` (row stride `ldw`) into a reusable buffer.
+pub(crate) fn pack_rows_into<'a>(buf: &'a mut AlignedBuf, w: &[f32], n: usize, k: usize, ldw: usize) -> BView<'a> {
+    buf.resize(n.div_ceil(NR) * k * NR);
+    pack_rows(w, n, k, ldw, buf.as_mut_slice());
+    BView { n, k, ps: k * NR, data: buf.as_slice() }
+}
+
+/// Packs `B [k, n]` (row stride `ldb`) into a reusable buffer.
+pub(crate) fn pack_cols_into<'a>(buf: &'a mut AlignedBuf, b: &[f32], k: usize, n: usize, ldb: usize) -> BView<'a> {
+    buf.resize(n.div_ceil(NR) * k * NR);
+    pack_cols(b, k, n, ldb, buf.as_mut_slice());
+    BView { n, k, ps: k * NR, data: buf.as_slice() }
+}
+
+/// A packed right operand (see [`PackedB`]): panel `p` starts at
+/// `data[p * ps]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BView<'a> {
+    pub n: usize,
+    pub k: usize,
+    ps: usize,
+    data: &'a [f32],
+}
+
+impl<'a> BView<'a> {
+    /// Panels already packed (by [`pack_rows_into`] or [`pack_cols_into`])
+    /// for a `[k, n]` operand.
+    pub(crate) fn packed(data: &'a [f32], n: usize, k: usize) -> Self {
+        assert!(data.len() >= n.div_ceil(NR) * k * NR, "packed operand too small");
+        Self { n, k, ps: k * NR, data }
+    }
+
+    /// The first `n` columns (whole panels are kept, so any `n` works).
+    pub(crate) fn first_cols(self, n: usize) -> Self {
+        Self { n: n.min(self.n), ..self }
+    }
+
+    /// The first `k` rows: `A·B` over a prefix of the inner dimension.
+    pub(crate) fn first_rows(self, k: usize) -> Self {
+        Self { k: k.min(self.k), ..self }
+    }
+}
+
+/// A row-major left operand: row `i` is `data[i * lda..][..k]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AView<'a> {
+    pub data: &'a [f32],
+    pub m: usize,
+    pub k: usize,
+    pub lda: usize,
+}
+
+impl<'a> AView<'a> {
+    pub(crate) fn new(data: &'a [f32], m: usize, k: usize, lda: usize) -> Self {
+        debug_assert!(m == 0 || data.len() >= (m - 1) * lda + k);
+        Self { data, m, k, lda }
+    }
+}
+
+/// Packs rows `i0..i0 + mc`, columns `k0..k0 + kc` of `a` into
+/// micro-panels of [`MR`] rows, k-major, zero-padding the last panel.
+fn pack_a(a: AView, i0: usize, mc: usize, k0: usize, kc: usize, out: &mut [f32]) {
+    for (ip, dst) in out.chunks_exact_mut(kc * MR).take(mc.div_ceil(MR)).enumerate() {
+        let rows = MR.min(mc - ip * MR);
+        let first = i0 + ip * MR;
+        if rows == MR {
+            let r: [&[f32]; MR] = std::array::from_fn(|r| &a.data[(first + r) * a.lda + k0..][..kc]);
+            for (kk, d) in dst.chunks_exact_mut(MR).enumerate() {
+                for i in 0..MR {
+                    d[i] = r[i][kk];
+                }
+            }
+        } else {
+            dst.fill(0.0);
+            for r in 0..rows {
+                for (kk, &v) in a.data[(first + r) * a.lda + k0..][..kc].iter().enumerate() {
+                    dst[kk * MR + r] = v;
+                }
+            }
+        }
+    }
+}
+
+/// The inner-dimension slice per pass: `k` split into equal parts of at
+/// most [`KC_MAX`].
+fn kc_for(k: usize) -> usize {
+    k.div_ceil(k.div_ceil(KC_MAX).max(1)).max(1)
+}
+
+/// One task's share of `C`: rows `i0..i0 + rows`, columns `j0..j0 + cols`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Block {
+    pub i0: usize,
+    pub rows: usize,
+    pub j0: usize,
+    pub cols: usize,
+}
+
+/// How [`gemm`] and [`map_blocks`] split their work into tasks.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Plan {
+    pub mc: usize,
+    /// Panels per task, a multiple of the group size.
+    pub per: usize,
+    pub mblocks: usize,
+    pub nchunks: usize,
+    /// Task order: all row blocks of one column chunk before the next
+    /// (the chunk of `B` is reused from cache), else all chunks of one
+    /// row block before the next.
+    pub chunk_major: bool,
+}
+
+impl Plan {
+    /// Tasks of at most `mc` rows (rounded to a multiple of [`MR`]) and a
+    /// multiple of `group` panels, about four per thread when `parallel`.
+    pub(crate) fn new(m: usize, n: usize, mc: usize, group: usize, parallel: bool) -> Self {
+        let mc = mc.max(MR).next_multiple_of(MR);
+        let group = group.max(1);
+        let panels = n.div_ceil(NR);
+        let mblocks = m.div_ceil(mc).max(1);
+        let target = if parallel { rayon::current_num_threads() * 4 } else { 1 };
+        let per = if mblocks >= target { panels } else { panels.div_ceil(target.div_ceil(mblocks)) };
+        let per = per.max(1).next_multiple_of(group).min(panels.next_multiple_of(group));
+        Self { mc, per, mblocks, nchunks: panels.div_ceil(per).max(1), chunk_major: false }
+    }
+
+    /// At most `max` panels per task (rounded down to the group size
+    /// `group`), for callers whose per-task block of `C` must stay small.
+    pub(crate) fn max_panels(mut self, n: usize, max: usize, group: usize) -> Self {
+        let group = group.max(1);
+        let max = (max / group).max(1) * group;
+        if self.per > max {
+            self.per = max;
+            self.nchunks = n.div_ceil(NR).div_ceil(max).max(1);
+        }
+        self
+    }
+
+    pub(crate) fn chunk_major(mut self) -> Self {
+        self.chunk_major = true;
+        self
+    }
+
+    pub(crate) fn chunk_cols(&self) -> usize {
+        self.per * NR
+    }
+
+    pub(crate) fn tasks(&self) -> usize {
+        self.mblocks * self.nchunks
+    }
+}
+
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+// SAFETY: used only to write disjoint parts of one buffer from rayon tasks.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+thread_local! {
+    /// Packed `A` and a task's block of `C`, reused across calls.
+    static SCRATCH: RefCell<(AlignedBuf, AlignedBuf)> = RefCell::default();
+}
+
+/// Runs `f` with this thread's scratch buffers (fresh ones if a caller on
+/// this thread already holds them).
+fn with_scratch<R>(f: impl FnOnce(&mut AlignedBuf, &mut AlignedBuf) -> R) -> R {
+    let mut f = Some(f);
+    let r = SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut s) => {
+            let (a, c) = &mut *s;
+            Some((f.take().expect("once"))(a, c))
+        }
+        Err(_) => None,
+    });
+    match r {
+        Some(r) => r,
+        None => (f.take().expect("once"))(&mut AlignedBuf::default(), &mut AlignedBuf::default()),
+    }
+}
+
+/// Computes one task's block of `C` into `c` (row stride `ldc`):
+/// `C = A·B`, or `C += A·B` when `accumulate`.
+#[allow(clippy::too_many_arguments)]
+fn run_block(a: AView, b: BView, blk: Block, c: *mut f32, ldc: usize, accumulate: bool, abuf: &mut AlignedBuf) {
+    let k = a.k;
+    let kc_max = kc_for(k);
+    let fast = supported();
+    let panels = b.n.div_ceil(NR);
+    let p0 = blk.j0 / NR;
+    let p1 = (blk.j0 + blk.cols).div_ceil(NR).min(panels);
+    abuf.resize(blk.rows.div_ceil(MR) * MR * kc_max);
+    let mut k0 = 0;
+    while k0 < k {
+        let kc = kc_max.min(k - k0);
+        pack_a(a, blk.i0, blk.rows, k0, kc, abuf.as_mut_slice());
+        let ap = abuf.as_slice();
+        for p in p0..p1 {
+            let bp = &b.data[p * b.ps + k0 * NR..][..kc * NR];
+            let jc = p * NR - blk.j0;
+            let cols = NR.min(b.n - p * NR);
+            for ip in 0..blk.rows.div_ceil(MR) {
+                let rows = MR.min(blk.rows - ip * MR);
+                let ai = &ap[ip * kc * MR..][..kc * MR];
+                // SAFETY: the tile lies inside the caller's block of C (rows
+                // < blk.rows, columns < blk.cols), which only this task
+                // writes; `ai` and `bp` hold kc steps of MR and NR floats.
+                unsafe {
+                    let cp = c.add(ip * MR * ldc + jc);
+                    tile(fast, kc, ai.as_ptr(), bp.as_ptr(), cp, ldc, rows, cols, accumulate || k0 > 0);
+                }
+            }
+        }
+        k0 += kc;
+    }
+}
+
+/// `C [m, n] = A·B` (or `C += A·B` when `accumulate`), `C` row-major with
+/// row stride `ldc`. Parallel over tasks when `parallel`.
+pub(crate) fn gemm(a: AView, b: BView, c: &mut [f32], ldc: usize, accumulate: bool, parallel: bool) {
+    let (m, n) = (a.m, b.n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(c.len() >= (m - 1) * ldc + n, "gemm: output too small");
+    // SAFETY: C is a live, exclusive buffer of the size just checked.
+    unsafe { gemm_ptr(a, b, c.as_mut_ptr(), ldc, accumulate, parallel) }
+}
+
+/// [`gemm`] into a raw output, for callers that fill disjoint parts of
+/// one buffer from several threads.
+///
+/// # Safety
+/// `c` must be valid for writes of rows `0..a.m`, columns `0..b.n` at row
+/// stride `ldc`, and nothing else may access those elements meanwhile.
+pub(crate) unsafe fn gemm_ptr(a: AView, b: BView, c: *mut f32, ldc: usize, accumulate: bool, parallel: bool) {
+    assert_eq!(a.k, b.k, "gemm: inner dimensions differ");
+    let (m, n) = (a.m, b.n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if a.k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                // SAFETY: inside the output (caller's contract).
+                unsafe { std::slice::from_raw_parts_mut(c.add(r * ldc), n).fill(0.0) };
+            }
+        }
+        return;
+    }
+    let plan = Plan::new(m, n, MC, 1, parallel);
+    let cptr = SendPtr(c);
+    let task = |t: usize| {
+        let blk = block(&plan, m, n, t);
+        with_scratch(|abuf, _| {
+            // SAFETY: blocks of different tasks are disjoint and inside C.
+            let cp = unsafe { cptr.get().add(blk.i0 * ldc + blk.j0) };
+            run_block(a, b, blk, cp, ldc, accumulate, abuf)
+        })
+    };
+    let tasks = plan.tasks();
+    if parallel && tasks > 1 {
+        (0..tasks).into_par_iter().for_each(task);
+    } else {
+        (0..tasks).for_each(task);
+    }
+}
+
+fn block(plan: &Plan, m: usize, n: usize, t: usize) -> Block {
+    let (mb, ch) =
+        if plan.chunk_major { (t % plan.mblocks, t / plan.mblocks) } else { (t / plan.nchunks, t % plan.nchunks) };
+    let i0 = mb * plan.mc;
+    let j0 = ch * plan.chunk_cols();
+    Block { i0, rows: plan.mc.min(m - i0), j0, cols: plan.chunk_cols().min(n - j0) }
+}
+
+/// Computes `A·B` block by block and hands each finished block (row
+/// stride `cols`, in this thread's scratch) to `f`, in parallel; returns
+/// `f`'s results in task order. Blocks follow `plan`.
+pub(crate) fn map_blocks<R, F>(a: AView, b: BView, plan: Plan, f: F) -> Vec<R>
+where
+    R: Send,
+    F: Fn(Block, &[f32]) -> R + Sync,
+{
+    assert_eq!(a.k, b.k, "gemm: inner dimensions differ");
+    let (m, n) = (a.m, b.n);
+    if m == 0 || n == 0 {
+        return Vec::new();
+    }
+    let task = |t: usize| {
+        let blk = block(&plan, m, n, t);
+        with_scratch(|abuf, cbuf| {
+            cbuf.resize(blk.rows * blk.cols);
+            if a.k == 0 {
+                cbuf.as_mut_slice().fill(0.0);
+            } else {
+                run_block(a, b, blk, cbuf.as_mut_slice().as_mut_ptr(), blk.cols, false, abuf);
+            }
+            f(blk, cbuf.as_slice())
+        })
+    };
+    let tasks = plan.tasks();
+    if tasks > 1 { (0..tasks).into_par_iter().map(task).collect() } else { (0..tasks).map(task).collect() }
+}
+
+/// One register tile: `rows × cols` (at most `MR × NR`) of `C` at `c`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn tile(
+    fast: bool,
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    acc: bool,
+) {
+    // SAFETY: the caller guarantees the tile's extent (see run_block).
+    unsafe {
+        if cols == NR {
+            kernel_rows(fast, rows, kc, a, b, c, ldc, acc);
+        } else {
+            let mut tmp = [0f32; MR * NR];
+            if acc {
+                for r in 0..rows {
+                    for j in 0..cols {
+                        tmp[r * NR + j] = *c.add(r * ldc + j);
+                    }
+                }
+            }
+            kernel_rows(fast, rows, kc, a, b, tmp.as_mut_ptr(), NR, acc);
+            for r in 0..rows {
+                for j in 0..cols {
+                    *c.add(r * ldc + j) = tmp[r * NR + j];
+                }
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn kernel_rows(
+    fast: bool,
+    rows: usize,
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+) {
+    // SAFETY: forwarded from `tile`.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        if fast {
+            match rows {
+                6 => kernel_avx2::<6>(kc, a, b, c, ldc, acc),
+                5 => kernel_avx2::<5>(kc, a, b, c, ldc, acc),
+                4 => kernel_avx2::<4>(kc, a, b, c, ldc, acc),
+                3 => kernel_avx2::<3>(kc, a, b, c, ldc, acc),
+                2 => kernel_avx2::<2>(kc, a, b, c, ldc, acc),
+                _ => kernel_avx2::<1>(kc, a, b, c, ldc, acc),
+            }
+            return;
+        }
+        let _ = fast;
+        kernel_portable(rows, kc, a, b, c, ldc, acc)
+    }
+}
+
+/// `R × 16` of `C` from `kc` steps of packed `A` (stride `MR`) and `B`
+/// (stride `NR`, 64-byte aligned).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel_avx2<const R: usize>(
+    kc: usize,
+    mut a: *const f32,
+    mut b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: see `tile`; B panels are 64-byte aligned (AlignedBuf, rows
+    // of 16 floats), so the aligned loads are valid.
+    unsafe {
+        let mut c0 = [_mm256_setzero_ps(); R];
+        let mut c1 = [_mm256_setzero_ps(); R];
+        for _ in 0..kc {
+            let b0 = _mm256_load_ps(b);
+            let b1 = _mm256_load_ps(b.add(8));
+            for i in 0..R {
+                let ai = _mm256_broadcast_ss(&*a.add(i));
+                c0[i] = _mm256_fmadd_ps(ai, b0, c0[i]);
+                c1[i] = _mm256_fmadd_ps(ai, b1, c1[i]);
+            }
+            a = a.add(MR);
+            b = b.add(NR);
+        }
+        for i in 0..R {
+            let p = c.add(i * ldc);
+            if acc {
+                c0[i] = _mm256_add_ps(c0[i], _mm256_loadu_ps(p));
+                c1[i] = _mm256_add_ps(c1[i], _mm256_loadu_ps(p.add(8)));
+            }
+            _mm256_storeu_ps(p, c0[i]);
+            _mm256_storeu_ps(p.add(8), c1[i]);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_portable(rows: usize, kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, acc: bool) {
+    let mut t = [[0f32; NR]; MR];
+    // SAFETY: see `tile`.
+    unsafe {
+        for kk in 0..kc {
+            let bk = std::slice::from_raw_parts(b.add(kk * NR), NR);
+            for (i, ti) in t.iter_mut().enumerate().take(rows) {
+                let ai = *a.add(kk * MR + i);
+                for (x, &bv) in ti.iter_mut().zip(bk) {
+                    *x += ai * bv;
+                }
+            }
+        }
+        for (i, ti) in t.iter().enumerate().take(rows) {
+            for (j, &v) in ti.iter().enumerate() {
+                let p = c.add(i * ldc + j);
+                *p = if acc { *p + v } else { v };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rnd(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2000) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn reference(a: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+        let mut c = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k).map(|q| a[i * k + q] as f64 * w[j * k + q] as f64).sum::<f64>() as f32;
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn matches_a_plain_matmul_on_ragged_shapes() {
+        for &(m, n, k) in &[(1, 16, 8), (7, 33, 70), (13, 16, 576), (150, 100, 700), (5, 5, 1), (200, 48, 333)] {
+            let a = rnd(m * k, 1);
+            let w = rnd(n * k, 2);
+            let want = reference(&a, &w, m, n, k);
+            let b = PackedB::from_rows(&w, n, k);
+            for parallel in [false, true] {
+                let mut c = vec![0f32; m * n];
+                gemm(AView::new(&a, m, k, k), b.view(), &mut c, n, false, parallel);
+                for (x, y) in c.iter().zip(&want) {
+                    assert!((x - y).abs() < 1e-4 * (k as f32).sqrt(), "{m}x{n}x{k}: {x} vs {y}");
+                }
+                // Accumulating adds to what is there.
+                gemm(AView::new(&a, m, k, k), b.view(), &mut c, n, true, parallel);
+                for (x, y) in c.iter().zip(&want) {
+                    assert!((x - 2.0 * y).abs() < 2e-4 * (k as f32).sqrt());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn strided_operands_and_blocks() {
+        let (m, n, k) = (20, 40, 24);
+        // A with row stride 30, B given column-major-ish as [k, n] stride 50.
+        let a_big = rnd(m * 30, 3);
+        let a: Vec<f32> = (0..m).flat_map(|i| a_big[i * 30..i * 30 + k].to_vec()).collect();
+        let b_big = rnd(k * 50, 4);
+        let w: Vec<f32> = (0..n).flat_map(|j| (0..k).map(move |q| (j, q))).map(|(j, q)| b_big[q * 50 + j]).collect();
+        let want = reference(&a, &w, m, n, k);
+        let mut buf = AlignedBuf::default();
+        let bv = pack_cols_into(&mut buf, &b_big, k, n, 50);
+        let mut c = vec![0f32; m * 60];
+        gemm(AView::new(&a_big, m, k, 30), bv, &mut c, 60, false, false);
+        for i in 0..m {
+            for j in 0..n {
+                assert!((c[i * 60 + j] - want[i * n + j]).abs() < 1e-4);
+            }
+        }
+        // Blocks see the same values.
+        let plan = Plan::new(m, n, 12, 2, true);
+        let blocks = map_blocks(AView::new(&a_big, m, k, 30), bv, plan, |blk, data| {
+            let mut worst = 0f32;
+            for r in 0..blk.rows {
+                for j in 0..blk.cols {
+                    worst = worst.max((data[r * blk.cols + j] - want[(blk.i0 + r) * n + blk.j0 + j]).abs());
+                }
+            }
+            (blk.rows * blk.cols, worst)
+        });
+        assert_eq!(blocks.iter().map(|b| b.0).sum::<usize>(), m * n);
+        assert!(blocks.iter().all(|b| b.1 < 1e-4));
+        // Rows of W come back out of the packing.
+        let packed = PackedB::from_rows(&w, n, k);
+        let mut row = vec![0f32; k];
+        packed.row(37, &mut row);
+        assert_eq!(row, w[37 * k..38 * k]);
+    }
+
+    #[test]
+    fn portable_kernel_agrees() {
+        let (m, n, k) = (9, 32, 50);
+        let a = rnd(m * k, 5);
+        let w = rnd(n * k, 6);
+        let b = PackedB::from_rows(&w, n, k);
+        let mut abuf = AlignedBuf::zeroed(2 * MR * k);
+        pack_a(AView::new(&a, m, k, k), 0, m, 0, k, abuf.as_mut_slice());
+        let mut fast = vec![0f32; m * n];
+        let mut slow = vec![0f32; m * n];
+        for p in 0..2 {
+            for ip in 0..2 {
+                let rows = MR.min(m - ip * MR);
+                let ap = abuf.as_slice()[ip * k * MR..].as_ptr();
+                let bp = b.view().data[p * b.view().ps..].as_ptr();
+                // SAFETY: tiles inside the buffers.
+                unsafe {
+                    tile(supported(), k, ap, bp, fast.as_mut_ptr().add(ip * MR * n + p * NR), n, rows, NR, false);
+                    tile(false, k, ap, bp, slow.as_mut_ptr().add(ip * MR * n + p * NR), n, rows, NR, false);
+                }
+            }
+        }
+        for (x, y) in fast.iter().zip(&slow) {
+            assert!((x - y).abs() < 1e-4);
+        }
+    }
+}
