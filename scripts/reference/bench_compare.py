@@ -96,19 +96,19 @@ def main():
         e, t = best(eng_score[n]), best(torch_score[n])
         if e and t:
             g, p = best(eng_gflops[n]), best(eng_pct[n])
-            add(f"scoring f32, {n} tokens (tok/s)", f"{e:.0} [{g:.0} GFLOP/s, {p:.0}% of peak]", f"{t:.0}", "PyTorch",
-                f"{e / t:.2}x", ">= 1.2x", e / t >= 1.2)
+            add(f"scoring f32, {n} tokens (tok/s)", f"{e:.0f} [{g:.0f} GFLOP/s, {p:.0f}% of peak]", f"{t:.0f}", "PyTorch",
+                f"{e / t:.2f}x", ">= 1.2x", e / t >= 1.2)
     e, t = best(eng_single), best(llama)
     if e and t:
-        add("single-stream decode, Q4_1 (tok/s)", f"{e:.0}", f"{t:.0}", "llama.cpp", f"{e / t:.2}x", ">= 0.8x", e / t >= 0.8)
+        add("single-stream decode, Q4_1 (tok/s)", f"{e:.0f}", f"{t:.0f}", "llama.cpp", f"{e / t:.2f}x", ">= 0.8x", e / t >= 0.8)
     g, s = best(eng_group), best(eng_single)
     if g and s:
-        add("group of 16, Q4_1, aggregate (tok/s)", f"{g:.0}", f"{s:.0}", "engine single-stream", f"{g / s:.2}x",
+        add("group of 16, Q4_1, aggregate (tok/s)", f"{g:.0f}", f"{s:.0f}", "engine single-stream", f"{g / s:.2f}x",
             ">= 4x", g / s >= 4)
     e = min(eng_rss) if eng_rss else None
     t = min(torch_rss) if torch_rss else None
     if e and t:
-        add("peak RSS while scoring (MiB)", f"{e:.0}", f"{t:.0}", "PyTorch", f"{e / t:.2}x", "<= 1x", e <= t)
+        add("peak RSS while scoring (MiB)", f"{e:.0f}", f"{t:.0f}", "PyTorch", f"{e / t:.2f}x", "<= 1x", e <= t)
 
     print()
     print(f"CPU: {machine.get('cpu', '?')}, {machine.get('threads', '?')} threads, "
