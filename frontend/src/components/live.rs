@@ -1,9 +1,12 @@
 //! Live updates in the browser through Server-Sent Events. On the server
 //! these do nothing: the page is rendered with the state of the moment.
 
+/// A handler of one named event, given the event's data.
+pub type Handler = (&'static str, Box<dyn Fn(String)>);
+
 /// Listens to `url`'s named events until the owning component goes away.
 #[cfg(feature = "hydrate")]
-pub fn subscribe(url: &str, handlers: Vec<(&'static str, Box<dyn Fn(String)>)>) {
+pub fn subscribe(url: &str, handlers: Vec<Handler>) {
     use wasm_bindgen::JsCast;
     use wasm_bindgen::prelude::Closure;
 
@@ -23,4 +26,4 @@ pub fn subscribe(url: &str, handlers: Vec<(&'static str, Box<dyn Fn(String)>)>) 
 }
 
 #[cfg(not(feature = "hydrate"))]
-pub fn subscribe(_url: &str, _handlers: Vec<(&'static str, Box<dyn Fn(String)>)>) {}
+pub fn subscribe(_url: &str, _handlers: Vec<Handler>) {}

@@ -166,10 +166,10 @@ fn ExplanationColumn(column: Column, index: usize, keys: Vec<String>, kl_top: f6
                 <label>"Training step "
                     <input type="range" min="0" max=max.to_string() value=current.to_string() class="slider"
                         on:change=move |ev| {
-                            if let Ok(i) = event_target_value(&ev).parse::<usize>() {
-                                if let Some(h) = hrefs.get(i) {
-                                    navigate(h, Default::default());
-                                }
+                            if let Ok(i) = event_target_value(&ev).parse::<usize>()
+                                && let Some(h) = hrefs.get(i)
+                            {
+                                navigate(h, Default::default());
                             }
                         } />
                 </label>

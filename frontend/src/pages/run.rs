@@ -15,8 +15,11 @@ use crate::api::load_run;
 use crate::components::chart::{Series, line_chart_svg, smooth};
 use crate::components::{ErrorBox, JobList, PageReady, live};
 
+/// (step, value) points of each metric, by name.
+type Curves = BTreeMap<String, Vec<(f64, f64)>>;
+
 /// Metric points grouped by name, each sorted by step.
-fn by_name(points: &[MetricPoint]) -> BTreeMap<String, Vec<(f64, f64)>> {
+fn by_name(points: &[MetricPoint]) -> Curves {
     let mut out: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     for p in points {
         out.entry(p.name.clone()).or_default().push((p.step as f64, p.value.unwrap_or(f64::NAN)));
@@ -30,12 +33,13 @@ fn by_name(points: &[MetricPoint]) -> BTreeMap<String, Vec<(f64, f64)>> {
 
 /// Steps where something went wrong: alarm metrics, clipped completions,
 /// NaN values.
-fn alarm_steps(series: &BTreeMap<String, Vec<(f64, f64)>>) -> Vec<f64> {
+fn alarm_steps(series: &Curves) -> Vec<f64> {
     let mut steps: Vec<f64> = series
         .iter()
         .flat_map(|(name, pts)| {
             pts.iter().filter(move |(_, y)| {
-                name.starts_with("alarm/") && *y > 0.0 || name.ends_with("clipped_rate") && *y > 0.0 || y.is_nan()
+                let flagged = name.starts_with("alarm/") || name.ends_with("clipped_rate");
+                flagged && *y > 0.0 || y.is_nan()
             })
         })
         .map(|(x, _)| *x)
@@ -107,7 +111,7 @@ fn RunBody(v: RunView, smoothing: f64) -> impl IntoView {
             )],
         );
     });
-    let overlays: Vec<(String, BTreeMap<String, Vec<(f64, f64)>>)> =
+    let overlays: Vec<(String, Curves)> =
         v.overlays.iter().map(|(run, pts)| (format!("run {}", run.id), by_name(pts))).collect();
     let compare_ids: Vec<i64> = v.overlays.iter().map(|(run, _)| run.id).collect();
     let charts = move || {
