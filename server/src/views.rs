@@ -291,9 +291,12 @@ pub async fn question(db: &PgPool, id: i64, cols: &[String]) -> Result<QuestionV
             round_token_values(&mut r.score);
         }
         // A scored explanation is shown token by token; its text would only
-        // double the page.
+        // double the page. The other samples are links: no text needed.
         if let (Some(e), Some(_)) = (&mut c.explanation, &c.reward) {
             e.completion.clear();
+        }
+        for sample in &mut c.samples {
+            sample.completion.clear();
         }
     }
     Ok(QuestionView { question, sources, columns })
