@@ -168,6 +168,14 @@ async fn bad_requests_get_json_errors() {
     let (status, _) = app.post_raw("/api/v1/datasets", "image/png", b"x".to_vec()).await;
     assert_eq!(status, 400);
 
+    // NUL cannot be stored in Postgres text: a 400, in a query string or a body.
+    let (status, body) = app.get_json("/api/v1/datasets/1/questions?q=a%00b").await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("q")), "{body}");
+    let (status, body) =
+        app.post_json("/api/v1/datasets", &json!({"source": "synthetic", "name": "nul\u{0}name", "count": 3})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(app.db.count("datasets").await, 0, "nothing half-written");
+
     // Duplicate names conflict.
     let make = json!({"source": "synthetic", "name": "dup", "count": 3});
     assert_eq!(app.post_json("/api/v1/datasets", &make).await.0, 201);

@@ -48,9 +48,17 @@ impl Error {
         Error::Conflict { field: field.into().map(str::to_owned), message: message.into() }
     }
 
+    /// Text Postgres cannot store (a NUL character) that got past the
+    /// extractors: the client's input, so a 400 rather than a 500.
+    fn is_unstorable_text(&self) -> bool {
+        matches!(self, Error::Database(sqlx::Error::Database(db))
+            if matches!(db.code().as_deref(), Some("22021" | "22P05")))
+    }
+
     pub fn status_code(&self) -> StatusCode {
         match self {
             Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            _ if self.is_unstorable_text() => StatusCode::BAD_REQUEST,
             Error::Invalid { .. } | Error::InvalidInput(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -62,6 +70,7 @@ impl Error {
     fn code(&self) -> &'static str {
         match self {
             Error::BadRequest { .. } => "bad_request",
+            _ if self.is_unstorable_text() => "bad_request",
             Error::Invalid { .. } | Error::InvalidInput(_) => "invalid_input",
             Error::NotFound(_) => "not_found",
             Error::MethodNotAllowed => "method_not_allowed",

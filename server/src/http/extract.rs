@@ -113,6 +113,13 @@ where
 
     async fn from_request_parts(parts: &mut axum::http::request::Parts, _state: &S) -> Result<Self, Error> {
         let query = parts.uri.query().unwrap_or("");
+        // Postgres text cannot hold NUL; say which parameter has one.
+        if let Some((key, _)) = form_urlencoded::parse(query.as_bytes()).find(|(_, v)| v.contains('\0')) {
+            return Err(Error::BadRequest {
+                message: format!("query parameter `{key}` must not contain NUL characters"),
+                field: Some(key.into_owned()),
+            });
+        }
         let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
         serde_path_to_error::deserialize(de).map(ApiQuery).map_err(|e| {
             let path = e.path().to_string();
