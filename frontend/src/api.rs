@@ -1,6 +1,8 @@
-//! Server functions: the UI's typed calls into the server. Errors carry
-//! the field they are about as `field: message`, so forms can show them
-//! next to the input.
+//! Server functions: the UI's typed calls into the server, at fixed
+//! endpoints (`/ui/fn/<name>`) so the browser bundle and the server agree
+//! wherever each was built (the default names hash the source path). Errors
+//! carry the field they are about as `field: message`, so forms can show
+//! them next to the input.
 
 use leptos::prelude::*;
 // Loaders take JSON: URL encoding drops empty lists and all-default
@@ -36,39 +38,39 @@ where
     })
 }
 
-#[server(prefix = "/ui/fn", input = Json)]
+#[server(prefix = "/ui/fn", input = Json, endpoint = "load_overview")]
 pub async fn load_overview() -> Result<OverviewView, ServerFnError> {
     with_backend(|b| async move { b.overview().await }).await
 }
 
-#[server(prefix = "/ui/fn", input = Json)]
+#[server(prefix = "/ui/fn", input = Json, endpoint = "load_experiment")]
 pub async fn load_experiment(id: i64) -> Result<ExperimentView, ServerFnError> {
     with_backend(|b| async move { b.experiment(id).await }).await
 }
 
-#[server(prefix = "/ui/fn", input = Json)]
+#[server(prefix = "/ui/fn", input = Json, endpoint = "load_job")]
 pub async fn load_job(id: i64) -> Result<JobView, ServerFnError> {
     with_backend(|b| async move { b.job(id).await }).await
 }
 
-#[server(prefix = "/ui/fn", input = Json)]
+#[server(prefix = "/ui/fn", input = Json, endpoint = "load_run")]
 pub async fn load_run(id: i64, overlay: Vec<i64>) -> Result<RunView, ServerFnError> {
     with_backend(|b| async move { b.run(id, overlay).await }).await
 }
 
-#[server(prefix = "/ui/fn", input = Json)]
+#[server(prefix = "/ui/fn", input = Json, endpoint = "load_questions")]
 pub async fn load_questions(dataset_id: i64, filter: QuestionBrowse) -> Result<QuestionBrowseView, ServerFnError> {
     with_backend(|b| async move { b.browse(dataset_id, filter).await }).await
 }
 
-#[server(prefix = "/ui/fn", input = Json)]
+#[server(prefix = "/ui/fn", input = Json, endpoint = "load_question")]
 pub async fn load_question(id: i64, cols: Vec<String>) -> Result<QuestionView, ServerFnError> {
     with_backend(|b| async move { b.question(id, cols).await }).await
 }
 
 /// Queues a job of `kind` with `params` (a JSON object as text). Plain
 /// strings, so the form also works as an HTML form without JavaScript.
-#[server(prefix = "/ui/fn")]
+#[server(prefix = "/ui/fn", endpoint = "queue_job")]
 pub async fn queue_job(kind: String, params: String) -> Result<Job, ServerFnError> {
     let params: serde_json::Value =
         serde_json::from_str(&params).map_err(|e| ServerFnError::new(format!("params: not valid JSON ({e})")))?;
@@ -79,7 +81,7 @@ pub async fn queue_job(kind: String, params: String) -> Result<Job, ServerFnErro
 }
 
 /// Starts a run at the newest config version; an empty seed picks one.
-#[server(prefix = "/ui/fn")]
+#[server(prefix = "/ui/fn", endpoint = "start_run")]
 pub async fn start_run(experiment_id: i64, name: String, seed: String) -> Result<Run, ServerFnError> {
     let seed = match seed.trim() {
         "" => None,
@@ -91,17 +93,17 @@ pub async fn start_run(experiment_id: i64, name: String, seed: String) -> Result
 }
 
 /// Saves an edited config as the next version.
-#[server(prefix = "/ui/fn")]
+#[server(prefix = "/ui/fn", endpoint = "save_config")]
 pub async fn save_config(experiment_id: i64, config: String) -> Result<ConfigVersion, ServerFnError> {
     with_backend(|b| async move { b.add_config_version(experiment_id, config).await }).await
 }
 
-#[server(prefix = "/ui/fn")]
+#[server(prefix = "/ui/fn", endpoint = "cancel_job")]
 pub async fn cancel_job(id: i64) -> Result<Job, ServerFnError> {
     with_backend(|b| async move { b.cancel_job(id).await }).await
 }
 
-#[server(prefix = "/ui/fn")]
+#[server(prefix = "/ui/fn", endpoint = "retry_job")]
 pub async fn retry_job(id: i64) -> Result<Job, ServerFnError> {
     with_backend(|b| async move { b.retry_job(id).await }).await
 }
