@@ -229,6 +229,15 @@ async fn dashboard_end_to_end_in_headless_chromium() {
     b.screenshot("job").await;
     let (_, r) = app.get_json(&format!("/api/v1/runs/{run}")).await;
     assert_eq!(r["status"], "succeeded", "a run's status follows its jobs: {r}");
+    // The run's report: one self-contained file with the curves, the reward
+    // distribution and the scored explanations.
+    let report = app.get(&format!("/runs/{run}/report")).await;
+    assert_eq!(report.status().as_u16(), 200);
+    let report = report.text().await.unwrap();
+    assert!(report.contains("generate/reward_mean") && report.contains("<svg"), "curves are inline SVG");
+    assert!(report.contains("scored explanations</th><td class=\"num\">4<"), "4 scored explanations");
+    assert!(!report.contains("<script") && !report.contains("<link"), "nothing to fetch: self-contained");
+    assert_eq!(app.get("/runs/999999/report").await.status().as_u16(), 404);
 
     // The question: a reference column and the run's column side by side,
     // each with token heatmaps, and the hostile reference text inert.

@@ -5,7 +5,7 @@
 //! file needs nothing else to open.
 
 use askama::Template;
-use frontend::components::chart::{Series, histogram_svg, line_chart_svg};
+use frontend::components::chart::{Series, by_name, histogram_svg, line_chart_svg};
 use sqlx::PgPool;
 
 use crate::error::{Error, Result};
@@ -51,11 +51,7 @@ pub async fn render(db: &PgPool, run_id: i64) -> Result<String> {
         .ok_or_else(|| Error::NotFound(format!("config of run {run_id}")))?;
     let config_json = serde_json::to_string_pretty(&config.config).unwrap_or_default();
 
-    let mut by_name: std::collections::BTreeMap<String, Vec<(f64, f64)>> = Default::default();
-    for p in runs::metrics(db, run_id, None).await? {
-        by_name.entry(p.name).or_default().push((p.step as f64, p.value.unwrap_or(f64::NAN)));
-    }
-    let charts = by_name
+    let charts = by_name(&runs::metrics(db, run_id, None).await?)
         .into_iter()
         .map(|(name, points)| line_chart_svg(&name, &[Series { label: name.clone(), points }], &[], 460, 260))
         .collect();

@@ -14,6 +14,22 @@ pub const SERIES_COLORS: [RGBColor; 7] = [
     RGBColor(0, 0, 0),
 ];
 
+/// (step, value) points of each metric, by name.
+pub type Curves = std::collections::BTreeMap<String, Vec<(f64, f64)>>;
+
+/// Metric points grouped by name, each sorted by step (one point per step).
+pub fn by_name(points: &[rlt_types::MetricPoint]) -> Curves {
+    let mut out = Curves::new();
+    for p in points {
+        out.entry(p.name.clone()).or_default().push((p.step as f64, p.value.unwrap_or(f64::NAN)));
+    }
+    for v in out.values_mut() {
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        v.dedup_by(|a, b| a.0 == b.0);
+    }
+    out
+}
+
 pub struct Series {
     pub label: String,
     pub points: Vec<(f64, f64)>,

@@ -3,8 +3,6 @@
 //! (zero-variance groups, clipped completions, NaN) as markers; then its
 //! checkpoints and jobs, and a link to the self-contained report.
 
-use std::collections::BTreeMap;
-
 use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::hooks::{use_params_map, use_query_map};
@@ -12,24 +10,8 @@ use rlt_types::{MetricPoint, RunView};
 
 use super::error_message;
 use crate::api::load_run;
-use crate::components::chart::{Series, line_chart_svg, smooth};
+use crate::components::chart::{Curves, Series, by_name, line_chart_svg, smooth};
 use crate::components::{ErrorBox, JobList, PageReady, live};
-
-/// (step, value) points of each metric, by name.
-type Curves = BTreeMap<String, Vec<(f64, f64)>>;
-
-/// Metric points grouped by name, each sorted by step.
-fn by_name(points: &[MetricPoint]) -> Curves {
-    let mut out: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-    for p in points {
-        out.entry(p.name.clone()).or_default().push((p.step as f64, p.value.unwrap_or(f64::NAN)));
-    }
-    for v in out.values_mut() {
-        v.sort_by(|a, b| a.0.total_cmp(&b.0));
-        v.dedup_by(|a, b| a.0 == b.0);
-    }
-    out
-}
 
 /// Steps where something went wrong: alarm metrics, clipped completions,
 /// NaN values.
