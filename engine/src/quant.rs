@@ -1,32 +1,30 @@
 //! Quantized matrices on the CPU: GGUF Q4_1 and 8-bit (Q8_0) weights
-//! against activations quantized to 8 bits per block of 32, as in
-//! llama.cpp's `Q4_1 × Q8_1` and `Q8_0 × Q8_0` dot products (AVX2).
+//! against activations quantized to 8 bits per block of 32, the arithmetic
+//! of llama.cpp's `Q4_1 × Q8_1` and `Q8_0 × Q8_0` dot products (AVX2).
 //!
-//! The layouts differ from the file's so that the inner loop does little
-//! besides the multiply-adds:
-//! - Q4_1 nibbles are stored two blocks per 32 bytes (block `2p` in the
-//!   low nibbles, block `2p + 1` in the high ones, each in value order),
-//!   so one 32-byte load and three ops unpack two blocks; the f16 scales
-//!   are widened to f32.
-//! - The Q4_1 min term `m·da·Σa` of each block is left out of the inner
-//!   loop: each output adds `Σ_b m_b·(da·Σa)_b` as one FMA per eight
-//!   blocks into its accumulator before the final horizontal sum (mins
-//!   and activation sums are padded to eight blocks). As a scalar chain
-//!   per output it cost as much as the dot products on 576-wide rows.
-//! - A kernel call computes a tile of `W` weight rows × `A` activation
-//!   rows: 4×1 for one row (decoding), 1×8 for batches, where each weight
-//!   block is unpacked once for eight rows and the accumulators, unpacked
-//!   weights and scales fit the sixteen AVX2 registers (2×4 spills and
-//!   runs at half the speed).
-//! - The f16 scales and mins stay f16 in memory (20 bytes per Q4_1 block,
-//!   as in the file: decoding one row is bound by memory bandwidth) and
-//!   are widened with F16C per tile; each tile prefetches the next one's
-//!   rows, which a plain stream of multiply-adds does not keep the memory
-//!   system busy enough to do by itself.
+//! The weights are repacked from the file's row-by-row blocks into panels
+//! of eight weight rows (eight outputs), so that a vector lane holds one
+//! output instead of a slice of one dot product:
+//! - a 32-byte vector holds four consecutive inputs of each of the eight
+//!   rows (`[row][4]`), the layout `maddubs` multiplies against four bytes
+//!   of an activation row broadcast to every lane. One multiply then
+//!   serves eight outputs, and nothing is summed across lanes.
+//! - Q4_1 values are 0..15, so the 16-bit pair sums of `maddubs` (at most
+//!   2·15·127) can be added up over a whole block of 32 without overflow;
+//!   a block costs one multiply and one add per four inputs of eight
+//!   outputs, and the exact integer dot product is scaled once per block
+//!   (`d·da·Σq·a + m·da·Σa`). Two steps share one byte (low and high
+//!   nibble), so the panels are as small as the file's blocks.
+//! - 8-bit values use the sign trick (`|w|` against `a·sign(w)`, as
+//!   `maddubs` needs one unsigned operand), whose pair sums fill 16 bits,
+//!   so they are widened to 32 bits at every step.
+//! - A kernel call computes a tile of up to four activation rows × four
+//!   panels; the accumulators, weights and broadcast fit the sixteen AVX2
+//!   registers.
 //!
-//! Every output is computed by the same sequence of operations whatever
-//! the tile, so a row's result does not depend on the other rows of its
-//! batch.
+//! Every output goes through the same operations in the same order
+//! whatever the tile, so a row's result does not depend on the other rows
+//! of its batch (a completion sampled alone or in a group is the same).
 
 use std::sync::Arc;
 
@@ -34,6 +32,11 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
 /// Values per quantization block, as in GGML's Q8_0.
 pub(crate) const Q8_BLOCK: usize = 32;
+/// Weight rows (outputs) per panel: one AVX2 vector of f32 results.
+const PANEL: usize = 8;
+/// Activation rows per pass over a task's panels: their 8-bit blocks
+/// (`ROW_BLOCK × k` bytes) stay in L2 while the panels go by.
+const ROW_BLOCK: usize = 128;
 
 /// Bytes of GGUF's Q4_1 block: f16 scale, f16 min, 16 bytes of nibbles
 /// (low nibbles hold values 0..16, high nibbles 16..32).
@@ -97,137 +100,6 @@ fn f16_to_f32(bits: u16) -> f32 {
     f32::from_bits(out)
 }
 
-/// Activations `[m, k]` quantized per block of 32, each row padded with
-/// zero blocks to `kb` blocks.
-struct Acts {
-    qs: Vec<i8>,
-    scales: Vec<f32>,
-    /// `Σa · da` per block, `[m, mb]` (zero past the real blocks): the
-    /// Q4_1 min term's factor.
-    sums: Vec<f32>,
-    /// For batches: the blocks and scales transposed, `[kb, mt, 32]` and
-    /// `[kb, mt]` with `mt` = m rounded up to 8 (zero-padded), so that a
-    /// batch kernel finds a block of eight rows at fixed offsets and their
-    /// scales in one load.
-    qs_t: Vec<i8>,
-    scales_t: Vec<f32>,
-    mt: usize,
-}
-
-impl Acts {
-    fn new(x: &[f32], m: usize, k: usize, kb: usize, with_sums: bool) -> Self {
-        let real = k / Q8_BLOCK;
-        let mut qs = vec![0i8; m * kb * Q8_BLOCK];
-        let mut scales = vec![0f32; m * kb];
-        for r in 0..m {
-            quantize_blocks(&x[r * k..(r + 1) * k], &mut qs[r * kb * Q8_BLOCK..][..k], &mut scales[r * kb..][..real]);
-        }
-        let mb = real.next_multiple_of(8);
-        let mut sums = Vec::new();
-        if with_sums {
-            sums = vec![0f32; m * mb];
-            for r in 0..m {
-                for b in 0..real {
-                    let q = &qs[(r * kb + b) * Q8_BLOCK..][..Q8_BLOCK];
-                    sums[r * mb + b] = q.iter().map(|&v| v as i32).sum::<i32>() as f32 * scales[r * kb + b];
-                }
-            }
-        }
-        let mt = m.next_multiple_of(8);
-        let (mut qs_t, mut scales_t) = (Vec::new(), Vec::new());
-        if m > 1 {
-            qs_t = vec![0i8; kb * mt * Q8_BLOCK];
-            scales_t = vec![0f32; kb * mt];
-            for r in 0..m {
-                for b in 0..kb {
-                    scales_t[b * mt + r] = scales[r * kb + b];
-                    qs_t[(b * mt + r) * Q8_BLOCK..][..Q8_BLOCK]
-                        .copy_from_slice(&qs[(r * kb + b) * Q8_BLOCK..][..Q8_BLOCK]);
-                }
-            }
-        }
-        Self { qs, scales, sums, qs_t, scales_t, mt }
-    }
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: used only to write disjoint elements from pool workers.
-unsafe impl Sync for SendPtr {}
-unsafe impl Send for SendPtr {}
-
-impl SendPtr {
-    // A method, so closures capture the whole (Sync) wrapper rather than
-    // its raw-pointer field.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
-/// Weight rows × activation rows per kernel call.
-const DECODE_TILE: (usize, usize) = (4, 1);
-const BATCH_TILE: (usize, usize) = (1, 8);
-
-/// Runs `chunk(w0, w1)` over ranges of weight rows (multiples of `tw`) in
-/// parallel: each task reads its rows of the weight once.
-fn run_chunks<F: Fn(usize, usize) + Sync>(n: usize, tw: usize, chunk: F) {
-    use rayon::prelude::*;
-    let tiles = n.div_ceil(tw);
-    let per = tiles.div_ceil(rayon::current_num_threads() * 4).max(1) * tw;
-    let chunks = n.div_ceil(per);
-    if chunks <= 1 {
-        chunk(0, n);
-    } else {
-        (0..chunks).into_par_iter().for_each(|c| chunk(c * per, ((c + 1) * per).min(n)));
-    }
-}
-
-/// Calls `tile(w, a, W, A)` over the tiles of weight rows `w0..w1` and all
-/// `m` activation rows, with full tiles of the shape for this `m` and
-/// smaller ones at the edges.
-fn for_tiles(w0: usize, w1: usize, m: usize, mut tile: impl FnMut(usize, usize, usize, usize)) {
-    let (tw, ta) = if m == 1 { DECODE_TILE } else { BATCH_TILE };
-    let mut w = w0;
-    while w < w1 {
-        let ww = tw.min(w1 - w);
-        let mut a = 0;
-        while a < m {
-            let aa = ta.min(m - a);
-            tile(w, a, ww, aa);
-            a += aa;
-        }
-        w += ww;
-    }
-}
-
-/// Dispatches a runtime tile shape to a const-generic kernel.
-macro_rules! dispatch {
-    ($kernel:ident, $w:expr, $a:expr, ($($arg:expr),*)) => {
-        match ($w, $a) {
-            (4, 1) => $kernel::<4, 1>($($arg),*),
-            (3, 1) => $kernel::<3, 1>($($arg),*),
-            (2, 1) => $kernel::<2, 1>($($arg),*),
-            _ => $kernel::<1, 1>($($arg),*),
-        }
-    };
-}
-
-/// Dispatches a batch tile (one weight row, `A` activation rows) to a
-/// const-generic kernel.
-macro_rules! dispatch_rows {
-    ($kernel:ident, $a:expr, ($($arg:expr),*)) => {
-        match $a {
-            8 => $kernel::<8>($($arg),*),
-            7 => $kernel::<7>($($arg),*),
-            6 => $kernel::<6>($($arg),*),
-            5 => $kernel::<5>($($arg),*),
-            4 => $kernel::<4>($($arg),*),
-            3 => $kernel::<3>($($arg),*),
-            _ => $kernel::<2>($($arg),*),
-        }
-    };
-}
-
 /// f32 to IEEE half, rounding to nearest even (GGML stores block scales
 /// this way).
 fn f32_to_f16(x: f32) -> u16 {
@@ -265,75 +137,223 @@ fn f32_to_f16(x: f32) -> u16 {
     sign | h as u16
 }
 
-/// Blocks whose scales a kernel widens to f32 at once (on the stack).
-const SCALE_CHUNK: usize = 64;
+/// Activations `[m, k]` quantized per block of 32.
+pub(crate) struct Acts {
+    /// `[m, kb × 32]`.
+    qs: Vec<i8>,
+    /// `da` per block, `[m, kb]`.
+    scales: Vec<f32>,
+    /// `da·Σa` per block, `[m, kb]`: the Q4_1 min term's factor (empty
+    /// for formats without one).
+    sums: Vec<f32>,
+}
 
-/// A weight matrix `[n, k]` in 8-bit blocks of 32 with an f16 scale per
-/// block (GGUF's Q8_0). Each row is one record, `[kb × 32 bytes][kb × f16]`
-/// (scales zero-padded to a multiple of 8), so a tile of rows is one
-/// contiguous stream.
+impl Acts {
+    fn new(x: &[f32], m: usize, k: usize, with_sums: bool) -> Self {
+        let kb = k / Q8_BLOCK;
+        let mut qs = vec![0i8; m * k];
+        let mut scales = vec![0f32; m * kb];
+        for r in 0..m {
+            quantize_blocks(&x[r * k..(r + 1) * k], &mut qs[r * k..(r + 1) * k], &mut scales[r * kb..(r + 1) * kb]);
+        }
+        let sums = if with_sums {
+            qs.chunks_exact(Q8_BLOCK)
+                .zip(&scales)
+                .map(|(q, &d)| q.iter().map(|&v| v as i32).sum::<i32>() as f32 * d)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Self { qs, scales, sums }
+    }
+}
+
+/// One block of one weight row as the file stores it: 32 codes (Q4_1:
+/// 0..15; Q8_0: signed bytes), the f16 scale and (Q4_1) the f16 min.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RowBlock {
+    codes: [u8; Q8_BLOCK],
+    d: u16,
+    min: u16,
+}
+
+/// A block format's panel layout and kernel.
+pub(crate) trait Format: Sized {
+    /// Bytes of one block (32 inputs) of one panel (eight rows).
+    const PANEL_BLOCK: usize;
+    /// 32-byte weight vectors at the start of a panel block.
+    const VECTORS: usize;
+    /// Whether the dot product has a min term (`m·da·Σa`).
+    const MINS: bool;
+    /// Writes row `row` (0..8) of a panel block.
+    fn put(blk: &mut [u8], row: usize, b: &RowBlock);
+    /// Reads row `row` of a panel block back.
+    fn get(blk: &[u8], row: usize) -> RowBlock;
+    /// `out[r][p·8 + j] = Σ_k W[p·8 + j, k]·a[r, k]` for `R` activation rows
+    /// from `r0` and `C` panels from `p0` (row stride `ld`).
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; the tile lies inside the matrix and
+    /// the activations; `out` is valid for its elements, which nothing else
+    /// accesses meanwhile.
+    unsafe fn tile<const R: usize, const C: usize>(
+        w: &PanelMatrix<Self>,
+        acts: &Acts,
+        p0: usize,
+        r0: usize,
+        out: *mut f32,
+        ld: usize,
+    );
+}
+
+/// GGUF's Q4_1. A panel block is four 32-byte vectors of nibbles (vector
+/// `v` holds steps `2v` in the low and `2v + 1` in the high nibbles; a
+/// step is four inputs of each of the eight rows, `[row][4]`), then the
+/// eight f16 scales and the eight f16 mins: 160 bytes, as in the file.
 #[derive(Debug)]
-pub(crate) struct Q8Matrix {
+pub(crate) struct Q4;
+
+/// 8-bit blocks (GGUF's Q8_0): eight 32-byte steps `[row][4]` of signed
+/// bytes, then the eight f16 scales: 272 bytes.
+#[derive(Debug)]
+pub(crate) struct Q8;
+
+impl Format for Q4 {
+    const PANEL_BLOCK: usize = 4 * 32 + 2 * 16;
+    const VECTORS: usize = 4;
+    const MINS: bool = true;
+
+    fn put(blk: &mut [u8], row: usize, b: &RowBlock) {
+        for (i, &q) in b.codes.iter().enumerate() {
+            let (step, lane) = (i / 4, i % 4);
+            let byte = &mut blk[(step / 2) * 32 + row * 4 + lane];
+            let shift = 4 * (step % 2);
+            *byte = (*byte & !(0x0f << shift)) | ((q & 0x0f) << shift);
+        }
+        blk[128 + 2 * row..][..2].copy_from_slice(&b.d.to_le_bytes());
+        blk[144 + 2 * row..][..2].copy_from_slice(&b.min.to_le_bytes());
+    }
+
+    fn get(blk: &[u8], row: usize) -> RowBlock {
+        let codes = std::array::from_fn(|i| {
+            let (step, lane) = (i / 4, i % 4);
+            (blk[(step / 2) * 32 + row * 4 + lane] >> (4 * (step % 2))) & 0x0f
+        });
+        let half = |at: usize| u16::from_le_bytes([blk[at], blk[at + 1]]);
+        RowBlock { codes, d: half(128 + 2 * row), min: half(144 + 2 * row) }
+    }
+
+    unsafe fn tile<const R: usize, const C: usize>(
+        w: &PanelMatrix<Self>,
+        acts: &Acts,
+        p0: usize,
+        r0: usize,
+        out: *mut f32,
+        ld: usize,
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe { q4_tile::<R, C>(w, acts, p0, r0, out, ld) }
+    }
+}
+
+impl Format for Q8 {
+    const PANEL_BLOCK: usize = 8 * 32 + 16;
+    const VECTORS: usize = 8;
+    const MINS: bool = false;
+
+    fn put(blk: &mut [u8], row: usize, b: &RowBlock) {
+        for (i, &q) in b.codes.iter().enumerate() {
+            blk[(i / 4) * 32 + row * 4 + i % 4] = q;
+        }
+        blk[256 + 2 * row..][..2].copy_from_slice(&b.d.to_le_bytes());
+    }
+
+    fn get(blk: &[u8], row: usize) -> RowBlock {
+        let codes = std::array::from_fn(|i| blk[(i / 4) * 32 + row * 4 + i % 4]);
+        RowBlock { codes, d: u16::from_le_bytes([blk[256 + 2 * row], blk[257 + 2 * row]]), min: 0 }
+    }
+
+    unsafe fn tile<const R: usize, const C: usize>(
+        w: &PanelMatrix<Self>,
+        acts: &Acts,
+        p0: usize,
+        r0: usize,
+        out: *mut f32,
+        ld: usize,
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe { q8_tile::<R, C>(w, acts, p0, r0, out, ld) }
+    }
+}
+
+/// A quantized weight `[n, k]` in panels of eight rows (see the module
+/// docs), panel-major: panel `p`'s blocks are one contiguous stream. The
+/// last panel is zero-padded past row `n`.
+#[derive(Debug)]
+pub(crate) struct PanelMatrix<F> {
     n: usize,
     k: usize,
     kb: usize,
-    /// Bytes per row record.
-    rs: usize,
+    panels: usize,
+    /// 32-byte weight vectors per panel block (4 or 8), as a field so the
+    /// kernels' step loops are not unrolled whole.
+    vectors: usize,
     data: Vec<u8>,
+    format: std::marker::PhantomData<fn() -> F>,
 }
 
-impl Q8Matrix {
-    /// Whether this CPU runs the kernel (AVX2 with FMA).
+/// GGUF Q4_1 weights; the values are exactly the file's.
+pub(crate) type Q4Matrix = PanelMatrix<Q4>;
+/// 8-bit weights: GGUF Q8_0 as it is, or a dense weight requantized.
+pub(crate) type Q8Matrix = PanelMatrix<Q8>;
+
+impl<F: Format> PanelMatrix<F> {
+    /// Whether this CPU runs the kernels (AVX2 with FMA and F16C).
     pub(crate) fn supported() -> bool {
         supported()
     }
 
-    fn with_rows(n: usize, k: usize) -> Self {
-        let kb = k / Q8_BLOCK;
-        let rs = kb * Q8_BLOCK + 2 * kb.next_multiple_of(8);
-        Self { n, k, kb, rs, data: vec![0u8; n * rs] }
+    fn zeroed(n: usize, k: usize) -> candle_core::Result<Self> {
+        if !k.is_multiple_of(Q8_BLOCK) || k == 0 {
+            candle_core::bail!("quantized matrix: inner dimension {k} is not a positive multiple of {Q8_BLOCK}");
+        }
+        let (kb, panels) = (k / Q8_BLOCK, n.div_ceil(PANEL));
+        let data = vec![0u8; panels * kb * F::PANEL_BLOCK];
+        Ok(Self { n, k, kb, panels, vectors: F::VECTORS, data, format: std::marker::PhantomData })
     }
 
-    fn set_block(&mut self, r: usize, b: usize, scale: u16, qs: impl Iterator<Item = u8>) {
-        let rec = &mut self.data[r * self.rs..(r + 1) * self.rs];
-        for (d, q) in rec[b * Q8_BLOCK..(b + 1) * Q8_BLOCK].iter_mut().zip(qs) {
-            *d = q;
-        }
-        let at = self.kb * Q8_BLOCK + 2 * b;
-        rec[at..at + 2].copy_from_slice(&scale.to_le_bytes());
+    fn block_at(&self, row: usize, b: usize) -> usize {
+        ((row / PANEL) * self.kb + b) * F::PANEL_BLOCK
     }
 
-    /// Requantizes a dense weight like GGML's Q8_0 (scale `amax / 127`,
-    /// stored as f16).
-    pub(crate) fn from_tensor(w: &Tensor) -> candle_core::Result<Self> {
-        let (n, k) = w.dims2()?;
-        if !k.is_multiple_of(Q8_BLOCK) {
-            candle_core::bail!("q8: inner dimension {k} is not a multiple of {Q8_BLOCK}");
-        }
-        let data = w.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let mut out = Self::with_rows(n, k);
-        let mut qs = [0i8; Q8_BLOCK];
-        let mut d = [0f32; 1];
-        for r in 0..n {
-            for b in 0..out.kb {
-                quantize_blocks(&data[r * k + b * Q8_BLOCK..][..Q8_BLOCK], &mut qs, &mut d);
-                out.set_block(r, b, f32_to_f16(d[0]), qs.iter().map(|&q| q as u8));
-            }
-        }
-        Ok(out)
+    fn set(&mut self, row: usize, b: usize, blk: &RowBlock) {
+        let at = self.block_at(row, b);
+        F::put(&mut self.data[at..at + F::PANEL_BLOCK], row % PANEL, blk);
     }
 
-    /// Takes GGUF Q8_0 blocks as they are (rows in `row_order`): lossless.
-    pub(crate) fn from_q8_0_blocks(raw: &[u8], n: usize, k: usize, row_order: &[usize]) -> candle_core::Result<Self> {
-        let kb = k / Q8_BLOCK;
-        if raw.len() != n * kb * Q8_0_BLOCK_BYTES || row_order.len() != n {
-            candle_core::bail!("q8_0 data of {} bytes does not fit [{n}, {k}]", raw.len());
+    fn get(&self, row: usize, b: usize) -> RowBlock {
+        let at = self.block_at(row, b);
+        F::get(&self.data[at..at + F::PANEL_BLOCK], row % PANEL)
+    }
+
+    /// Builds a matrix from the file's blocks (`bytes` per block), taking
+    /// row `row_order[r]` of the file as row `r`.
+    fn from_file_blocks(
+        raw: &[u8],
+        n: usize,
+        k: usize,
+        row_order: &[usize],
+        bytes: usize,
+        parse: impl Fn(&[u8]) -> RowBlock,
+    ) -> candle_core::Result<Self> {
+        let mut out = Self::zeroed(n, k)?;
+        let kb = out.kb;
+        if raw.len() != n * kb * bytes || row_order.len() != n || row_order.iter().any(|&r| r >= n) {
+            candle_core::bail!("quantized data of {} bytes does not fit [{n}, {k}]", raw.len());
         }
-        let mut out = Self::with_rows(n, k);
         for (r, &src) in row_order.iter().enumerate() {
             for b in 0..kb {
-                let blk = &raw[(src * kb + b) * Q8_0_BLOCK_BYTES..][..Q8_0_BLOCK_BYTES];
-                out.set_block(r, b, u16::from_le_bytes([blk[0], blk[1]]), blk[2..].iter().copied());
+                out.set(r, b, &parse(&raw[(src * kb + b) * bytes..][..bytes]));
             }
         }
         Ok(out)
@@ -345,13 +365,17 @@ impl Q8Matrix {
         if parts.iter().any(|p| p.k != first.k) {
             return None;
         }
-        Some(Self {
-            n: parts.iter().map(|p| p.n).sum(),
-            k: first.k,
-            kb: first.kb,
-            rs: first.rs,
-            data: parts.iter().flat_map(|p| p.data.iter().copied()).collect(),
-        })
+        let mut out = Self::zeroed(parts.iter().map(|p| p.n).sum(), first.k).ok()?;
+        let mut row = 0;
+        for part in parts {
+            for r in 0..part.n {
+                for b in 0..part.kb {
+                    out.set(row, b, &part.get(r, b));
+                }
+                row += 1;
+            }
+        }
+        Some(out)
     }
 
     pub(crate) fn n(&self) -> usize {
@@ -362,460 +386,318 @@ impl Q8Matrix {
         self.k
     }
 
-    /// `x @ self.T` for `x: [m, k]` (CPU, f32), parallel over weight rows.
+    /// `x @ self.T` for `x: [m, k]` (CPU, f32), parallel over panels: each
+    /// task reads its panels once per block of activation rows.
     pub(crate) fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
-        let (n, k) = (self.n, self.k);
-        let acts = Acts::new(x, m, k, self.kb, false);
-        let mut out = vec![0f32; m * n];
+        let acts = Acts::new(x, m, self.k, F::MINS);
+        let ld = self.panels * PANEL;
+        let mut out = vec![0f32; m * ld];
         let out_ptr = SendPtr(out.as_mut_ptr());
-        let tw = if m == 1 { DECODE_TILE.0 } else { BATCH_TILE.0 };
-        run_chunks(n, tw, |w0, w1| {
-            for_tiles(w0, w1, m, |w, a, ww, aa| {
-                // SAFETY: AVX2/FMA were checked before the matrix was
-                // used; tiles stay inside both matrices; each output
-                // element has one writer.
-                unsafe {
-                    if aa == 1 {
-                        dispatch!(q8_tile, ww, aa, (self, &acts, w, a, n, out_ptr.get()))
-                    } else {
-                        dispatch_rows!(q8_rows, aa, (self, &acts, w, a, n, out_ptr.get()))
+        // One row (decoding) is bound by memory: more panels per call keep
+        // more streams in flight. Batches reuse each weight vector for
+        // four rows.
+        let (tr, tc) = if m == 1 { (1, 4) } else { (4, 2) };
+        run_chunks(self.panels, tc, |p0, p1| {
+            for rb in (0..m).step_by(ROW_BLOCK) {
+                let re = (rb + ROW_BLOCK).min(m);
+                let mut p = p0;
+                while p < p1 {
+                    let c = tc.min(p1 - p);
+                    let mut r = rb;
+                    while r < re {
+                        let rr = tr.min(re - r);
+                        // SAFETY: AVX2/FMA/F16C were checked before the
+                        // matrix was used (`supported`); the tile lies
+                        // inside the panels and rows; each output element
+                        // belongs to one tile of one task.
+                        unsafe { dispatch::<F>(rr, c, self, &acts, p, r, out_ptr.get(), ld) };
+                        r += rr;
                     }
+                    p += c;
                 }
-            });
+            }
         });
+        if ld != self.n {
+            for r in 0..m {
+                out.copy_within(r * ld..r * ld + self.n, r * self.n);
+            }
+            out.truncate(m * self.n);
+        }
         out
     }
 }
 
-/// A weight matrix in GGUF's Q4_1 blocks, repacked (see the module docs);
-/// the values are exactly the file's. The dot product with an 8-bit
-/// activation block `a` (scale `da`) is `d·da·Σq·a + m·da·Σa`. Each row is
-/// one record: `[kb/2 × 32 bytes of nibble pairs][kb × f16 d][mb × f16 m]`.
-#[derive(Debug)]
-pub(crate) struct Q4Matrix {
-    n: usize,
-    k: usize,
-    /// Blocks per row, rounded up to even (a padding block is all zero).
-    kb: usize,
-    /// Mins per row: the real blocks rounded up to 8 (zero-padded).
-    mb: usize,
-    /// Bytes per row record.
-    rs: usize,
-    data: Vec<u8>,
-}
-
-impl Q4Matrix {
+impl PanelMatrix<Q4> {
+    /// Takes GGUF Q4_1 blocks (rows in `row_order`): lossless.
     pub(crate) fn from_q4_1_blocks(raw: &[u8], n: usize, k: usize, row_order: &[usize]) -> candle_core::Result<Self> {
-        let real = k / Q8_BLOCK;
-        if raw.len() != n * real * Q4_1_BLOCK_BYTES || row_order.len() != n {
-            candle_core::bail!("q4_1 data of {} bytes does not fit [{n}, {k}]", raw.len());
-        }
-        let kb = real.next_multiple_of(2);
-        let mb = real.next_multiple_of(8);
-        let rs = kb * 16 + 2 * kb + 2 * mb;
-        let mut data = vec![0u8; n * rs];
-        // Value i (0..32) of a block's nibbles.
-        let value = |blk: &[u8], i: usize| if i < 16 { blk[4 + i] & 0x0f } else { blk[4 + i - 16] >> 4 };
-        for (r, &src) in row_order.iter().enumerate() {
-            let rec = &mut data[r * rs..(r + 1) * rs];
-            for b in 0..real {
-                let blk = &raw[(src * real + b) * Q4_1_BLOCK_BYTES..][..Q4_1_BLOCK_BYTES];
-                rec[kb * 16 + 2 * b..][..2].copy_from_slice(&blk[0..2]);
-                rec[kb * 18 + 2 * b..][..2].copy_from_slice(&blk[2..4]);
-                let shift = if b % 2 == 0 { 0 } else { 4 };
-                for (i, q) in rec[(b - b % 2) * 16..][..32].iter_mut().enumerate() {
-                    *q |= value(blk, i) << shift;
-                }
-            }
-        }
-        Ok(Self { n, k, kb, mb, rs, data })
+        Self::from_file_blocks(raw, n, k, row_order, Q4_1_BLOCK_BYTES, |blk| RowBlock {
+            d: u16::from_le_bytes([blk[0], blk[1]]),
+            min: u16::from_le_bytes([blk[2], blk[3]]),
+            codes: std::array::from_fn(|i| if i < 16 { blk[4 + i] & 0x0f } else { blk[4 + i - 16] >> 4 }),
+        })
     }
+}
 
-    pub(crate) fn concat_rows(parts: &[&Self]) -> Option<Self> {
-        let first = parts.first()?;
-        if parts.iter().any(|p| p.k != first.k) {
-            return None;
-        }
-        Some(Self {
-            n: parts.iter().map(|p| p.n).sum(),
-            k: first.k,
-            kb: first.kb,
-            mb: first.mb,
-            rs: first.rs,
-            data: parts.iter().flat_map(|p| p.data.iter().copied()).collect(),
+impl PanelMatrix<Q8> {
+    /// Takes GGUF Q8_0 blocks (rows in `row_order`): lossless.
+    pub(crate) fn from_q8_0_blocks(raw: &[u8], n: usize, k: usize, row_order: &[usize]) -> candle_core::Result<Self> {
+        Self::from_file_blocks(raw, n, k, row_order, Q8_0_BLOCK_BYTES, |blk| RowBlock {
+            d: u16::from_le_bytes([blk[0], blk[1]]),
+            min: 0,
+            codes: std::array::from_fn(|i| blk[2 + i]),
         })
     }
 
-    pub(crate) fn n(&self) -> usize {
-        self.n
-    }
-
-    pub(crate) fn k(&self) -> usize {
-        self.k
-    }
-
-    pub(crate) fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
-        let (n, k) = (self.n, self.k);
-        let acts = Acts::new(x, m, k, self.kb, true);
-        let mut out = vec![0f32; m * n];
-        let out_ptr = SendPtr(out.as_mut_ptr());
-        let tw = if m == 1 { DECODE_TILE.0 } else { BATCH_TILE.0 };
-        run_chunks(n, tw, |w0, w1| {
-            for_tiles(w0, w1, m, |w, a, ww, aa| {
-                // SAFETY: as in Q8Matrix::matmul.
-                unsafe {
-                    if aa == 1 {
-                        dispatch!(q4_tile, ww, aa, (self, &acts, w, a, n, out_ptr.get()))
-                    } else {
-                        dispatch_rows!(q4_rows, aa, (self, &acts, w, a, n, out_ptr.get()))
-                    }
-                }
-            });
-        });
-        out
+    /// Requantizes a dense weight like GGML's Q8_0 (scale `amax / 127`,
+    /// stored as f16).
+    pub(crate) fn from_tensor(w: &Tensor) -> candle_core::Result<Self> {
+        let (n, k) = w.dims2()?;
+        let mut out = Self::zeroed(n, k)?;
+        let data = w.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut qs = [0i8; Q8_BLOCK];
+        let mut d = [0f32; 1];
+        for r in 0..n {
+            for b in 0..out.kb {
+                quantize_blocks(&data[r * k + b * Q8_BLOCK..][..Q8_BLOCK], &mut qs, &mut d);
+                out.set(r, b, &RowBlock { codes: qs.map(|q| q as u8), d: f32_to_f16(d[0]), min: 0 });
+            }
+        }
+        Ok(out)
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
-    use std::arch::x86_64::*;
-    let s = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only to write disjoint elements from pool workers.
+unsafe impl Sync for SendPtr {}
+unsafe impl Send for SendPtr {}
+
+impl SendPtr {
+    // A method, so closures capture the whole (Sync) wrapper rather than
+    // its raw-pointer field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
 }
 
-/// Widens the f16 scales of blocks `c0..c0 + count` of `W` row records
-/// (scales at byte `at` of each) into `out[r][..]`, eight at a time; lanes
-/// past `count` are unused.
+/// Runs `chunk(p0, p1)` over ranges of panels (multiples of `step`) in
+/// parallel, about four per thread.
+fn run_chunks<F: Fn(usize, usize) + Sync>(n: usize, step: usize, chunk: F) {
+    use rayon::prelude::*;
+    let per = n.div_ceil(step).div_ceil(rayon::current_num_threads() * 4).max(1) * step;
+    let chunks = n.div_ceil(per);
+    if chunks <= 1 {
+        chunk(0, n);
+    } else {
+        (0..chunks).into_par_iter().for_each(|c| chunk(c * per, ((c + 1) * per).min(n)));
+    }
+}
+
+/// Calls the kernel for a runtime tile shape (`rows` ≤ 4, `panels` ≤ 4).
 ///
 /// # Safety
-/// AVX2/F16C present; `count.next_multiple_of(8)` f16 values from
-/// `rows[r] + at + 2·c0` lie inside row `r`'s record.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn widen_scales<const W: usize>(
-    rows: &[*const u8; W],
-    at: usize,
-    c0: usize,
-    count: usize,
-    out: &mut [[f32; SCALE_CHUNK]; W],
+/// As for [`Format::tile`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn dispatch<F: Format>(
+    rows: usize,
+    panels: usize,
+    w: &PanelMatrix<F>,
+    acts: &Acts,
+    p0: usize,
+    r0: usize,
+    out: *mut f32,
+    ld: usize,
 ) {
-    use std::arch::x86_64::*;
-    // SAFETY: see the function's contract.
-    unsafe {
-        for r in 0..W {
-            let src = rows[r].add(at + 2 * c0);
-            let mut c = 0;
-            while c < count {
-                let h = _mm_loadu_si128(src.add(2 * c) as *const __m128i);
-                _mm256_storeu_ps(out[r].as_mut_ptr().add(c), _mm256_cvtph_ps(h));
-                c += 8;
+    macro_rules! shapes {
+        ($(($r:literal, $c:literal)),*) => {
+            match (rows, panels) {
+                $(($r, $c) => F::tile::<$r, $c>(w, acts, p0, r0, out, ld),)*
+                _ => unreachable!("tile shape {rows}×{panels}"),
+            }
+        };
+    }
+    // SAFETY: forwarded contract.
+    unsafe { shapes!((1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2), (3, 1), (3, 2), (4, 1), (4, 2)) }
+}
+
+/// The activation pointers and block scales a tile reads.
+#[cfg(target_arch = "x86_64")]
+struct TileRows<const R: usize> {
+    qs: [*const u8; R],
+    scales: [*const f32; R],
+    sums: [*const f32; R],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<const R: usize> TileRows<R> {
+    /// # Safety
+    /// Rows `r0..r0 + R` exist in `acts`.
+    unsafe fn new(acts: &Acts, r0: usize, k: usize, kb: usize) -> Self {
+        // SAFETY: the rows exist (contract); `sums` is only read for Q4_1,
+        // where it has the same shape as `scales`.
+        unsafe {
+            Self {
+                qs: std::array::from_fn(|r| acts.qs.as_ptr().add((r0 + r) * k) as *const u8),
+                scales: std::array::from_fn(|r| acts.scales.as_ptr().add((r0 + r) * kb)),
+                sums: std::array::from_fn(|r| acts.sums.as_ptr().wrapping_add((r0 + r) * kb)),
             }
         }
     }
 }
 
-/// Prefetches `lines` cache lines from `*at`, not past `end`, and moves
-/// the cursor on.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn prefetch_lines(at: &mut *const u8, end: *const u8, lines: usize) {
-    use std::arch::x86_64::*;
-    for _ in 0..lines {
-        if *at >= end {
-            return;
-        }
-        _mm_prefetch::<_MM_HINT_T0>(*at as *const i8);
-        // SAFETY: stays at most one line past `end` (compared above).
-        *at = unsafe { at.add(64) };
-    }
-}
-
-/// `W` weight rows from `w0` against `A` activation rows from `a0`:
-/// `out[a][w] = Σ_b d·da·Σq·a + m·da·Σa`, row stride `ld`. The next
-/// tile's records are prefetched on the way.
+/// Q4_1 tile (see [`Format::tile`]).
 ///
 /// # Safety
-/// AVX2, FMA and F16C are present, the tile lies inside both matrices and
-/// `out` is valid for the tile's elements, which nothing else accesses.
+/// As for [`Format::tile`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 // Index loops over the register tile read closer to the math than iterators.
 #[allow(clippy::needless_range_loop)]
-unsafe fn q4_tile<const W: usize, const A: usize>(
-    wm: &Q4Matrix,
+unsafe fn q4_tile<const R: usize, const C: usize>(
+    w: &PanelMatrix<Q4>,
     acts: &Acts,
-    w0: usize,
-    a0: usize,
-    ld: usize,
+    p0: usize,
+    r0: usize,
     out: *mut f32,
+    ld: usize,
 ) {
     use std::arch::x86_64::*;
     // SAFETY: see the function's contract.
     unsafe {
-        let (kb, mb, rs) = (wm.kb, wm.mb, wm.rs);
-        let base = wm.data.as_ptr();
-        let rows: [*const u8; W] = std::array::from_fn(|r| base.add((w0 + r) * rs));
-        let mut pf = base.add((w0 + W) * rs);
-        let pf_end = base.add(wm.data.len());
-        let pf_step = (W * rs).div_ceil(64).div_ceil(kb / 2);
-        let ones = _mm256_set1_epi16(1);
+        let (kb, pb) = (w.kb, Q4::PANEL_BLOCK);
+        let panels: [*const u8; C] = std::array::from_fn(|c| w.data.as_ptr().add((p0 + c) * kb * pb));
+        let rows = TileRows::<R>::new(acts, r0, w.k, kb);
         let low = _mm256_set1_epi8(0x0f);
-        let mut acc = [[_mm256_setzero_ps(); A]; W];
-        let aq = acts.qs.as_ptr().add(a0 * kb * Q8_BLOCK);
-        let ad = acts.scales.as_ptr().add(a0 * kb);
-        let mut d = [[0f32; SCALE_CHUNK]; W];
-        let mut c0 = 0;
-        while c0 < kb {
-            let count = SCALE_CHUNK.min(kb - c0);
-            widen_scales(&rows, kb * 16, c0, count, &mut d);
-            let mut b = c0;
-            while b < c0 + count {
-                prefetch_lines(&mut pf, pf_end, pf_step);
-                let mut w = [[_mm256_setzero_si256(); 2]; W];
-                for r in 0..W {
-                    let raw = _mm256_loadu_si256(rows[r].add(b * 16) as *const __m256i);
-                    w[r][0] = _mm256_and_si256(raw, low);
-                    w[r][1] = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), low);
-                }
-                for h in 0..2 {
-                    let mut dw = [_mm256_setzero_ps(); W];
-                    for r in 0..W {
-                        dw[r] = _mm256_broadcast_ss(&d[r][b + h - c0]);
-                    }
-                    for j in 0..A {
-                        let av = _mm256_loadu_si256(aq.add((j * kb + b + h) * Q8_BLOCK) as *const __m256i);
-                        let da = _mm256_broadcast_ss(&*ad.add(j * kb + b + h));
-                        for r in 0..W {
-                            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(w[r][h], av), ones);
-                            acc[r][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(dw[r], da), acc[r][j]);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        for b in 0..kb {
+            // Exact integer dot products of this block: pair sums of at
+            // most 2·15·127, eight steps, fit in 16 bits.
+            let mut dot = [[_mm256_setzero_si256(); C]; R];
+            // A trip count the optimiser cannot see: fully unrolled, the
+            // loop keeps every unpacked weight vector alive and spills.
+            for v in 0..w.vectors {
+                let raw: [__m256i; C] =
+                    std::array::from_fn(|c| _mm256_loadu_si256(panels[c].add(b * pb + v * 32) as *const __m256i));
+                for half in 0..2 {
+                    let wv: [__m256i; C] = std::array::from_fn(|c| {
+                        if half == 0 {
+                            _mm256_and_si256(raw[c], low)
+                        } else {
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(raw[c]), low)
+                        }
+                    });
+                    let at = b * Q8_BLOCK + 4 * (2 * v + half);
+                    for r in 0..R {
+                        let a = _mm256_set1_epi32((rows.qs[r].add(at) as *const i32).read_unaligned());
+                        for c in 0..C {
+                            dot[r][c] = _mm256_add_epi16(dot[r][c], _mm256_maddubs_epi16(wv[c], a));
                         }
                     }
                 }
-                b += 2;
             }
-            c0 += count;
-        }
-        for r in 0..W {
-            let mins = rows[r].add(kb * 18);
-            for j in 0..A {
-                let mut v = acc[r][j];
-                let sums = acts.sums.as_ptr().add((a0 + j) * mb);
-                for c in (0..mb).step_by(8) {
-                    let m8 = _mm256_cvtph_ps(_mm_loadu_si128(mins.add(2 * c) as *const __m128i));
-                    v = _mm256_fmadd_ps(m8, _mm256_loadu_ps(sums.add(c)), v);
+            let d: [__m256; C] = std::array::from_fn(|c| {
+                _mm256_cvtph_ps(_mm_loadu_si128(panels[c].add(b * pb + 128) as *const __m128i))
+            });
+            let mins: [__m256; C] = std::array::from_fn(|c| {
+                _mm256_cvtph_ps(_mm_loadu_si128(panels[c].add(b * pb + 144) as *const __m128i))
+            });
+            for r in 0..R {
+                let da = _mm256_set1_ps(*rows.scales[r].add(b));
+                let sa = _mm256_set1_ps(*rows.sums[r].add(b));
+                for c in 0..C {
+                    let x = _mm256_cvtepi32_ps(_mm256_madd_epi16(dot[r][c], ones));
+                    acc[r][c] = _mm256_fmadd_ps(x, _mm256_mul_ps(d[c], da), acc[r][c]);
+                    acc[r][c] = _mm256_fmadd_ps(mins[c], sa, acc[r][c]);
                 }
-                *out.add((a0 + j) * ld + w0 + r) = hsum(v);
+            }
+        }
+        for r in 0..R {
+            for c in 0..C {
+                _mm256_storeu_ps(out.add((r0 + r) * ld + (p0 + c) * PANEL), acc[r][c]);
             }
         }
     }
 }
 
-/// [`q4_tile`] for 8-bit weights (sign trick: `maddubs` needs one unsigned
-/// operand, so |w| is paired with a·sign(w)).
+/// 8-bit tile (see [`Format::tile`]).
 ///
 /// # Safety
-/// As for [`q4_tile`].
+/// As for [`Format::tile`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::needless_range_loop)]
-unsafe fn q8_tile<const W: usize, const A: usize>(
-    wm: &Q8Matrix,
+unsafe fn q8_tile<const R: usize, const C: usize>(
+    w: &PanelMatrix<Q8>,
     acts: &Acts,
-    w0: usize,
-    a0: usize,
-    ld: usize,
+    p0: usize,
+    r0: usize,
     out: *mut f32,
+    ld: usize,
 ) {
     use std::arch::x86_64::*;
     // SAFETY: see the function's contract.
     unsafe {
-        let (kb, rs) = (wm.kb, wm.rs);
-        let base = wm.data.as_ptr();
-        let rows: [*const u8; W] = std::array::from_fn(|r| base.add((w0 + r) * rs));
-        let mut pf = base.add((w0 + W) * rs);
-        let pf_end = base.add(wm.data.len());
-        let pf_step = (W * rs).div_ceil(64).div_ceil(kb);
+        let (kb, pb) = (w.kb, Q8::PANEL_BLOCK);
+        let panels: [*const u8; C] = std::array::from_fn(|c| w.data.as_ptr().add((p0 + c) * kb * pb));
+        let rows = TileRows::<R>::new(acts, r0, w.k, kb);
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_ps(); A]; W];
-        let aq = acts.qs.as_ptr().add(a0 * kb * Q8_BLOCK);
-        let ad = acts.scales.as_ptr().add(a0 * kb);
-        let mut d = [[0f32; SCALE_CHUNK]; W];
-        let mut c0 = 0;
-        while c0 < kb {
-            let count = SCALE_CHUNK.min(kb - c0);
-            widen_scales(&rows, kb * Q8_BLOCK, c0, count, &mut d);
-            for b in c0..c0 + count {
-                prefetch_lines(&mut pf, pf_end, pf_step);
-                let mut w = [_mm256_setzero_si256(); W];
-                let mut wabs = [_mm256_setzero_si256(); W];
-                let mut dw = [_mm256_setzero_ps(); W];
-                for r in 0..W {
-                    w[r] = _mm256_loadu_si256(rows[r].add(b * Q8_BLOCK) as *const __m256i);
-                    wabs[r] = _mm256_sign_epi8(w[r], w[r]);
-                    dw[r] = _mm256_broadcast_ss(&d[r][b - c0]);
-                }
-                for j in 0..A {
-                    let av = _mm256_loadu_si256(aq.add((j * kb + b) * Q8_BLOCK) as *const __m256i);
-                    let da = _mm256_broadcast_ss(&*ad.add(j * kb + b));
-                    for r in 0..W {
-                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs[r], _mm256_sign_epi8(av, w[r])), ones);
-                        acc[r][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(dw[r], da), acc[r][j]);
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        for b in 0..kb {
+            let mut dot = [[_mm256_setzero_si256(); C]; R];
+            // See q4_tile.
+            for step in 0..w.vectors {
+                let wv: [__m256i; C] =
+                    std::array::from_fn(|c| _mm256_loadu_si256(panels[c].add(b * pb + step * 32) as *const __m256i));
+                let wabs: [__m256i; C] = std::array::from_fn(|c| _mm256_sign_epi8(wv[c], wv[c]));
+                let at = b * Q8_BLOCK + 4 * step;
+                for r in 0..R {
+                    let a = _mm256_set1_epi32((rows.qs[r].add(at) as *const i32).read_unaligned());
+                    for c in 0..C {
+                        let p = _mm256_maddubs_epi16(wabs[c], _mm256_sign_epi8(a, wv[c]));
+                        dot[r][c] = _mm256_add_epi32(dot[r][c], _mm256_madd_epi16(p, ones));
                     }
                 }
             }
-            c0 += count;
-        }
-        for r in 0..W {
-            for j in 0..A {
-                *out.add((a0 + j) * ld + w0 + r) = hsum(acc[r][j]);
-            }
-        }
-    }
-}
-
-/// One weight row (`w0`) against `A` activation rows from `a0` (a
-/// multiple of 8): [`q4_tile::<1, A>`] with the scale products `d·da` of a
-/// block computed for all rows by one vector multiply and read back by
-/// broadcasts, which leaves four vector ops per block and row. The
-/// arithmetic per output is the same, so results match the single-row
-/// kernel bit for bit.
-///
-/// # Safety
-/// As for [`q4_tile`]; `acts` has transposed scales.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::needless_range_loop)]
-unsafe fn q4_rows<const A: usize>(wm: &Q4Matrix, acts: &Acts, w0: usize, a0: usize, ld: usize, out: *mut f32) {
-    use std::arch::x86_64::*;
-    // SAFETY: see the function's contract.
-    unsafe {
-        let (kb, mb, rs) = (wm.kb, wm.mb, wm.rs);
-        let base = wm.data.as_ptr();
-        let row = [base.add(w0 * rs)];
-        let mut pf = base.add((w0 + 1) * rs);
-        let pf_end = base.add(wm.data.len());
-        let pf_step = rs.div_ceil(64).div_ceil(kb / 2);
-        let ones = _mm256_set1_epi16(1);
-        let low = _mm256_set1_epi8(0x0f);
-        let mut acc = [_mm256_setzero_ps(); A];
-        let mt = acts.mt;
-        let aq = acts.qs_t.as_ptr().add(a0 * Q8_BLOCK);
-        let adt = acts.scales_t.as_ptr().add(a0);
-        let mut d = [[0f32; SCALE_CHUNK]; 1];
-        let mut prod = [0f32; 8];
-        let mut c0 = 0;
-        while c0 < kb {
-            let count = SCALE_CHUNK.min(kb - c0);
-            widen_scales(&row, kb * 16, c0, count, &mut d);
-            let mut b = c0;
-            while b < c0 + count {
-                prefetch_lines(&mut pf, pf_end, pf_step);
-                let raw = _mm256_loadu_si256(row[0].add(b * 16) as *const __m256i);
-                let w = [_mm256_and_si256(raw, low), _mm256_and_si256(_mm256_srli_epi16::<4>(raw), low)];
-                for h in 0..2 {
-                    let pv =
-                        _mm256_mul_ps(_mm256_broadcast_ss(&d[0][b + h - c0]), _mm256_loadu_ps(adt.add((b + h) * mt)));
-                    _mm256_storeu_ps(prod.as_mut_ptr(), pv);
-                    // Opaque to the optimiser, so the products are read back
-                    // with memory broadcasts (loads) instead of being
-                    // shuffled out of a register (two vector ops each).
-                    let prod = std::hint::black_box(&prod);
-                    let ab = aq.add((b + h) * mt * Q8_BLOCK);
-                    for j in 0..A {
-                        let av = _mm256_loadu_si256(ab.add(j * Q8_BLOCK) as *const __m256i);
-                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(w[h], av), ones);
-                        acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcast_ss(&prod[j]), acc[j]);
-                    }
-                }
-                b += 2;
-            }
-            c0 += count;
-        }
-        let mins = row[0].add(kb * 18);
-        for j in 0..A {
-            let mut v = acc[j];
-            let sums = acts.sums.as_ptr().add((a0 + j) * mb);
-            for c in (0..mb).step_by(8) {
-                let m8 = _mm256_cvtph_ps(_mm_loadu_si128(mins.add(2 * c) as *const __m128i));
-                v = _mm256_fmadd_ps(m8, _mm256_loadu_ps(sums.add(c)), v);
-            }
-            *out.add((a0 + j) * ld + w0) = hsum(v);
-        }
-    }
-}
-
-/// [`q4_rows`] for 8-bit weights.
-///
-/// # Safety
-/// As for [`q4_rows`].
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::needless_range_loop)]
-unsafe fn q8_rows<const A: usize>(wm: &Q8Matrix, acts: &Acts, w0: usize, a0: usize, ld: usize, out: *mut f32) {
-    use std::arch::x86_64::*;
-    // SAFETY: see the function's contract.
-    unsafe {
-        let (kb, rs) = (wm.kb, wm.rs);
-        let base = wm.data.as_ptr();
-        let row = [base.add(w0 * rs)];
-        let mut pf = base.add((w0 + 1) * rs);
-        let pf_end = base.add(wm.data.len());
-        let pf_step = rs.div_ceil(64).div_ceil(kb);
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); A];
-        let mt = acts.mt;
-        let aq = acts.qs_t.as_ptr().add(a0 * Q8_BLOCK);
-        let adt = acts.scales_t.as_ptr().add(a0);
-        let mut d = [[0f32; SCALE_CHUNK]; 1];
-        let mut prod = [0f32; 8];
-        let mut c0 = 0;
-        while c0 < kb {
-            let count = SCALE_CHUNK.min(kb - c0);
-            widen_scales(&row, kb * Q8_BLOCK, c0, count, &mut d);
-            for b in c0..c0 + count {
-                prefetch_lines(&mut pf, pf_end, pf_step);
-                let w = _mm256_loadu_si256(row[0].add(b * Q8_BLOCK) as *const __m256i);
-                let wabs = _mm256_sign_epi8(w, w);
-                let pv = _mm256_mul_ps(_mm256_broadcast_ss(&d[0][b - c0]), _mm256_loadu_ps(adt.add(b * mt)));
-                _mm256_storeu_ps(prod.as_mut_ptr(), pv);
-                let prod = std::hint::black_box(&prod);
-                let ab = aq.add(b * mt * Q8_BLOCK);
-                for j in 0..A {
-                    let av = _mm256_loadu_si256(ab.add(j * Q8_BLOCK) as *const __m256i);
-                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, _mm256_sign_epi8(av, w)), ones);
-                    acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcast_ss(&prod[j]), acc[j]);
+            let d: [__m256; C] = std::array::from_fn(|c| {
+                _mm256_cvtph_ps(_mm_loadu_si128(panels[c].add(b * pb + 256) as *const __m128i))
+            });
+            for r in 0..R {
+                let da = _mm256_set1_ps(*rows.scales[r].add(b));
+                for c in 0..C {
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[r][c]), _mm256_mul_ps(d[c], da), acc[r][c]);
                 }
             }
-            c0 += count;
         }
-        for j in 0..A {
-            *out.add((a0 + j) * ld + w0) = hsum(acc[j]);
+        for r in 0..R {
+            for c in 0..C {
+                _mm256_storeu_ps(out.add((r0 + r) * ld + (p0 + c) * PANEL), acc[r][c]);
+            }
         }
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn q4_rows<const A: usize>(_: &Q4Matrix, _: &Acts, _: usize, _: usize, _: usize, _: *mut f32) {
+unsafe fn q4_tile<const R: usize, const C: usize>(
+    _: &PanelMatrix<Q4>,
+    _: &Acts,
+    _: usize,
+    _: usize,
+    _: *mut f32,
+    _: usize,
+) {
     unreachable!("the quantized kernels need x86-64 (supported() is false here)")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn q8_rows<const A: usize>(_: &Q8Matrix, _: &Acts, _: usize, _: usize, _: usize, _: *mut f32) {
-    unreachable!("the quantized kernels need x86-64 (supported() is false here)")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn q4_tile<const W: usize, const A: usize>(_: &Q4Matrix, _: &Acts, _: usize, _: usize, _: usize, _: *mut f32) {
-    unreachable!("the quantized kernels need x86-64 (supported() is false here)")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn q8_tile<const W: usize, const A: usize>(_: &Q8Matrix, _: &Acts, _: usize, _: usize, _: usize, _: *mut f32) {
+unsafe fn q8_tile<const R: usize, const C: usize>(
+    _: &PanelMatrix<Q8>,
+    _: &Acts,
+    _: usize,
+    _: usize,
+    _: *mut f32,
+    _: usize,
+) {
     unreachable!("the quantized kernels need x86-64 (supported() is false here)")
 }
 
@@ -994,6 +876,50 @@ mod tests {
         for r in 0..m {
             let alone = joined.matmul(&x[r * k..(r + 1) * k], 1);
             assert_eq!(alone[..], all[r * joined.n..(r + 1) * joined.n]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+    use candle_core::Device;
+    use candle_core::quantized::{GgmlDType, QTensor};
+
+    // cargo test --release -p rlt-engine --lib quant::speed -- --ignored --nocapture
+    #[test]
+    #[ignore]
+    fn kernel_speed() {
+        let dev = Device::Cpu;
+        for (m, n, k) in
+            [(16usize, 3072usize, 576usize), (16, 576, 1536), (16, 49152, 576), (1, 3072, 576), (64, 3072, 576)]
+        {
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            let x: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let order: Vec<usize> = (0..n).collect();
+            for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+                let raw = QTensor::quantize(&w, dtype).unwrap().data().unwrap().to_vec();
+                let run: Box<dyn Fn() -> Vec<f32>> = match dtype {
+                    GgmlDType::Q4_1 => {
+                        let mat = Q4Matrix::from_q4_1_blocks(&raw, n, k, &order).unwrap();
+                        let x = x.clone();
+                        Box::new(move || mat.matmul(&x, m))
+                    }
+                    _ => {
+                        let mat = Q8Matrix::from_q8_0_blocks(&raw, n, k, &order).unwrap();
+                        let x = x.clone();
+                        Box::new(move || mat.matmul(&x, m))
+                    }
+                };
+                run();
+                let iters = (8e9 / (m * n * k) as f64).ceil() as usize;
+                let t = std::time::Instant::now();
+                for _ in 0..iters {
+                    std::hint::black_box(run());
+                }
+                let s = t.elapsed().as_secs_f64() / iters as f64;
+                println!("{dtype:?} m{m} n{n} k{k}: {:.3} ms, {:.1} GMAC/s", s * 1e3, (m * n * k) as f64 / s / 1e9);
+            }
         }
     }
 }
