@@ -83,8 +83,8 @@ impl CpuLinear {
         let out = &mut out[..m * n];
         match self {
             CpuLinear::Packed { w, .. } => sgemm::gemm(AView::new(x, m, k, k), w.view(), out, n, add, true),
-            CpuLinear::Q4 { w, .. } => store(out, &w.matmul(&x[..m * k], m), add),
-            CpuLinear::Q8 { w, .. } => store(out, &w.matmul(&x[..m * k], m), add),
+            CpuLinear::Q4 { w, .. } => w.matmul_into(&x[..m * k], m, out, add),
+            CpuLinear::Q8 { w, .. } => w.matmul_into(&x[..m * k], m, out, add),
         }
         if let Some(b) = self.bias() {
             for row in out.chunks_exact_mut(n) {
@@ -93,16 +93,6 @@ impl CpuLinear {
                 }
             }
         }
-    }
-}
-
-fn store(out: &mut [f32], y: &[f32], add: bool) {
-    if add {
-        for (o, &v) in out.iter_mut().zip(y) {
-            *o += v;
-        }
-    } else {
-        out.copy_from_slice(y);
     }
 }
 
@@ -514,39 +504,56 @@ struct Shape {
 }
 
 /// Attention of one new column per row (decoding) over `kv.len` keys.
+/// The query heads that share a kv head are done together, so each key
+/// and value row is read once per group rather than once per head (the
+/// cache is the largest stream of a batched decoding step). Each head's
+/// arithmetic is the same as alone.
 fn attend_one(q: &[f32], s: Shape, kv: Kv, left_pad: &[usize], scale: f32, out: &mut [f32]) {
     let Shape { b, nh, nkv, d, ldq, .. } = s;
     let groups = nh / nkv;
-    let head = |bh: usize, o: &mut [f32], scores: &mut Vec<f32>| {
-        let (bi, h) = (bh / nh, bh % nh);
-        let g = h / groups;
-        let qrow = &q[bi * ldq + h * d..][..d];
+    let group = |bg: usize, o: &mut [f32], scores: &mut Vec<f32>| {
+        let (bi, g) = (bg / nkv, bg % nkv);
         let base = bi * kv.batch + g * kv.head;
         let lo = left_pad.get(bi).copied().unwrap_or(0).min(kv.len - 1);
+        let n = kv.len - lo;
+        let qrows: Vec<&[f32]> = (0..groups).map(|hq| &q[bi * ldq + (g * groups + hq) * d..][..d]).collect();
         scores.clear();
-        for j in lo..kv.len {
-            scores.push(kernels::dot(qrow, &kv.k[base + j * kv.row..][..d]) * scale);
+        scores.resize(groups * n, 0.0);
+        for j in 0..n {
+            let key = &kv.k[base + (lo + j) * kv.row..][..d];
+            for (hq, qrow) in qrows.iter().enumerate() {
+                scores[hq * n + j] = kernels::dot(qrow, key) * scale;
+            }
         }
-        let max = kernels::max_of(scores);
-        let inv = 1.0 / kernels::exp_sum(scores, max, 1.0);
+        let inv: Vec<f32> = scores
+            .chunks_exact_mut(n)
+            .map(|sc| {
+                let max = kernels::max_of(sc);
+                1.0 / kernels::exp_sum(sc, max, 1.0)
+            })
+            .collect();
         o.fill(0.0);
-        for (j, &p) in (lo..kv.len).zip(scores.iter()) {
-            let w = p * inv;
-            for (oi, &vi) in o.iter_mut().zip(&kv.v[base + j * kv.row..][..d]) {
-                *oi += w * vi;
+        for j in 0..n {
+            let value = &kv.v[base + (lo + j) * kv.row..][..d];
+            for (hq, oh) in o.chunks_exact_mut(d).enumerate() {
+                let w = scores[hq * n + j] * inv[hq];
+                for (oi, &vi) in oh.iter_mut().zip(value) {
+                    *oi += w * vi;
+                }
             }
         }
     };
+    // Heads of one kv head are adjacent in `out [b, nh, d]`.
     let out = &mut out[..b * nh * d];
     if b * nh * kv.len * d < (1 << 16) {
-        let mut scores = Vec::with_capacity(kv.len);
-        for (bh, o) in out.chunks_exact_mut(d).enumerate() {
-            head(bh, o, &mut scores);
+        let mut scores = Vec::with_capacity(groups * kv.len);
+        for (bg, o) in out.chunks_exact_mut(groups * d).enumerate() {
+            group(bg, o, &mut scores);
         }
     } else {
-        out.par_chunks_exact_mut(d)
+        out.par_chunks_exact_mut(groups * d)
             .enumerate()
-            .for_each_init(|| Vec::with_capacity(kv.len), |scores, (bh, o)| head(bh, o, scores));
+            .for_each_init(|| Vec::with_capacity(groups * kv.len), |scores, (bg, o)| group(bg, o, scores));
     }
 }
 

@@ -14,7 +14,7 @@ use candle_core::{D, Tensor};
 
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::sampling::{Sampler, SamplingParams};
+use crate::sampling::{Sampled, Sampler, SamplingParams};
 use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone)]
@@ -161,6 +161,27 @@ pub fn generate(
     Ok(out)
 }
 
+/// The next token of every unfinished row (`None` for finished ones), by
+/// batch position. Each row has its own seeded sampler, so sampling the
+/// rows in parallel draws exactly what one at a time would; a pass over
+/// the vocabulary per row adds up for a group of 16.
+fn sample_rows(rows: &mut [Row], active: &[usize], logits: &[Vec<f32>]) -> Vec<Option<Result<Sampled>>> {
+    use rayon::prelude::*;
+    let mut slot: Vec<Option<usize>> = vec![None; rows.len()];
+    for (pos, &r) in active.iter().enumerate() {
+        slot[r] = Some(pos);
+    }
+    let mut by_pos: Vec<(usize, &mut Row)> =
+        rows.iter_mut().enumerate().filter_map(|(r, row)| slot[r].map(|pos| (pos, row))).collect();
+    by_pos.sort_unstable_by_key(|(pos, _)| *pos);
+    crate::cpu::in_pool(|| {
+        by_pos
+            .into_par_iter()
+            .map(|(pos, row)| row.finish.is_none().then(|| row.sampler.sample(&logits[pos])))
+            .collect()
+    })
+}
+
 fn decode_batch(
     model: &Model,
     tokenizer: &Tokenizer,
@@ -206,16 +227,16 @@ fn decode_batch(
         if params.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
             return Err(Error::Cancelled);
         }
+        let mut sampled = sample_rows(&mut rows, &active, &logits);
         let mut next = Vec::with_capacity(active.len());
         for (pos, &r) in active.iter().enumerate() {
             let row = &mut rows[r];
-            if row.finish.is_some() {
+            let Some(sampled) = sampled[pos].take().transpose()? else {
                 // A finished row still occupies its batch slot until the
                 // next compaction; feed it anything.
                 next.push(0);
                 continue;
-            }
-            let sampled = row.sampler.sample(&logits[pos])?;
+            };
             row.ids.push(sampled.token);
             row.logprobs.push(sampled.logprob);
             on_token(&TokenEvent {

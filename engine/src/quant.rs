@@ -149,22 +149,81 @@ pub(crate) struct Acts {
 }
 
 impl Acts {
+    #[cfg(test)]
     fn new(x: &[f32], m: usize, k: usize, with_sums: bool) -> Self {
+        let mut acts = Self { qs: Vec::new(), scales: Vec::new(), sums: Vec::new() };
+        acts.fill(x, m, k, with_sums);
+        acts
+    }
+
+    /// Quantizes `x [m, k]` into these buffers.
+    fn fill(&mut self, x: &[f32], m: usize, k: usize, with_sums: bool) {
         let kb = k / Q8_BLOCK;
-        let mut qs = vec![0i8; m * k];
-        let mut scales = vec![0f32; m * kb];
-        for r in 0..m {
-            quantize_blocks(&x[r * k..(r + 1) * k], &mut qs[r * k..(r + 1) * k], &mut scales[r * kb..(r + 1) * kb]);
+        let Self { qs, scales, sums } = self;
+        qs.resize(m * k, 0);
+        scales.resize(m * kb, 0.0);
+        sums.resize(if with_sums { m * kb } else { 0 }, 0.0);
+        let rows = qs.chunks_exact_mut(k).zip(scales.chunks_exact_mut(kb)).zip(x.chunks_exact(k)).take(m).enumerate();
+        for (r, ((q, d), xr)) in rows {
+            #[cfg(target_arch = "x86_64")]
+            if supported() {
+                let s = if with_sums { Some(&mut sums[r * kb..(r + 1) * kb]) } else { None };
+                // SAFETY: AVX2 was just checked; the slices are whole blocks.
+                unsafe { quantize_row_avx2(xr, q, d, s) };
+                continue;
+            }
+            quantize_blocks(xr, q, d);
+            if with_sums {
+                for (b, blk) in q.chunks_exact(Q8_BLOCK).enumerate() {
+                    sums[r * kb + b] = blk.iter().map(|&v| v as i32).sum::<i32>() as f32 * d[b];
+                }
+            }
         }
-        let sums = if with_sums {
-            qs.chunks_exact(Q8_BLOCK)
-                .zip(&scales)
-                .map(|(q, &d)| q.iter().map(|&v| v as i32).sum::<i32>() as f32 * d)
-                .collect()
-        } else {
-            Vec::new()
-        };
-        Self { qs, scales, sums }
+    }
+}
+
+/// [`quantize_blocks`] with AVX2, bit for bit (the same multiply, and
+/// `cvtps` rounds to nearest even like `round_small`), plus each block's
+/// `da·Σq` when `sums` is given. Activations are quantized before every
+/// matrix product, on one thread, so the scalar loop showed in profiles.
+///
+/// # Safety
+/// AVX2 is present; `xs.len() == qs.len()` is a multiple of 32 and
+/// `scales` (and `sums`) have one slot per block.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_row_avx2(xs: &[f32], qs: &mut [i8], scales: &mut [f32], mut sums: Option<&mut [f32]>) {
+    use std::arch::x86_64::*;
+    // SAFETY: see the function's contract; every access is inside one
+    // 32-value block of the slices.
+    unsafe {
+        let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        let (lo, hi) = (_mm256_set1_epi32(-127), _mm256_set1_epi32(127));
+        // `packs` interleaves 128-bit lanes; this puts the bytes back in order.
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for (b, (x, q)) in xs.chunks_exact(Q8_BLOCK).zip(qs.chunks_exact_mut(Q8_BLOCK)).enumerate() {
+            let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(x.as_ptr().add(8 * i)));
+            let mut amax = _mm256_max_ps(_mm256_and_ps(v[0], abs_mask), _mm256_and_ps(v[1], abs_mask));
+            amax = _mm256_max_ps(amax, _mm256_max_ps(_mm256_and_ps(v[2], abs_mask), _mm256_and_ps(v[3], abs_mask)));
+            let m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+            let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+            let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_shuffle_ps(m2, m2, 1)));
+            let scale = amax / 127.0;
+            let inv = _mm256_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
+            let i: [__m256i; 4] = std::array::from_fn(|j| {
+                _mm256_min_epi32(_mm256_max_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(v[j], inv)), lo), hi)
+            });
+            let packed = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+            _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, _mm256_permutevar8x32_epi32(packed, order));
+            scales[b] = scale;
+            if let Some(sums) = sums.as_deref_mut() {
+                let t = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
+                let t4 = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+                let t2 = _mm_add_epi32(t4, _mm_unpackhi_epi64(t4, t4));
+                let total = _mm_cvtsi128_si32(_mm_add_epi32(t2, _mm_shuffle_epi32(t2, 1)));
+                sums[b] = total as f32 * scale;
+            }
+        }
     }
 }
 
@@ -189,21 +248,15 @@ pub(crate) trait Format: Sized {
     fn put(blk: &mut [u8], row: usize, b: &RowBlock);
     /// Reads row `row` of a panel block back.
     fn get(blk: &[u8], row: usize) -> RowBlock;
-    /// `out[r][p·8 + j] = Σ_k W[p·8 + j, k]·a[r, k]` for `R` activation rows
-    /// from `r0` and `C` panels from `p0` (row stride `ld`).
+    /// `out[r][p·8 + j] = Σ_k W[p·8 + j, k]·a[r, k]` (or `+=` when `add`)
+    /// for `R` activation rows from `r0` and `C` panels from `p0`, row
+    /// stride `ld`; columns past `n` are not written.
     ///
     /// # Safety
     /// The CPU has AVX2, FMA and F16C; the tile lies inside the matrix and
     /// the activations; `out` is valid for its elements, which nothing else
     /// accesses meanwhile.
-    unsafe fn tile<const R: usize, const C: usize>(
-        w: &PanelMatrix<Self>,
-        acts: &Acts,
-        p0: usize,
-        r0: usize,
-        out: *mut f32,
-        ld: usize,
-    );
+    unsafe fn tile<const R: usize, const C: usize>(w: &PanelMatrix<Self>, acts: &Acts, at: TileAt);
 }
 
 /// GGUF's Q4_1. A panel block is four 32-byte vectors of nibbles (vector
@@ -243,16 +296,9 @@ impl Format for Q4 {
         RowBlock { codes, d: half(128 + 2 * row), min: half(144 + 2 * row) }
     }
 
-    unsafe fn tile<const R: usize, const C: usize>(
-        w: &PanelMatrix<Self>,
-        acts: &Acts,
-        p0: usize,
-        r0: usize,
-        out: *mut f32,
-        ld: usize,
-    ) {
+    unsafe fn tile<const R: usize, const C: usize>(w: &PanelMatrix<Self>, acts: &Acts, at: TileAt) {
         // SAFETY: forwarded contract.
-        unsafe { q4_tile::<R, C>(w, acts, p0, r0, out, ld) }
+        unsafe { q4_tile::<R, C>(w, acts, at) }
     }
 }
 
@@ -273,16 +319,9 @@ impl Format for Q8 {
         RowBlock { codes, d: u16::from_le_bytes([blk[256 + 2 * row], blk[257 + 2 * row]]), min: 0 }
     }
 
-    unsafe fn tile<const R: usize, const C: usize>(
-        w: &PanelMatrix<Self>,
-        acts: &Acts,
-        p0: usize,
-        r0: usize,
-        out: *mut f32,
-        ld: usize,
-    ) {
+    unsafe fn tile<const R: usize, const C: usize>(w: &PanelMatrix<Self>, acts: &Acts, at: TileAt) {
         // SAFETY: forwarded contract.
-        unsafe { q8_tile::<R, C>(w, acts, p0, r0, out, ld) }
+        unsafe { q8_tile::<R, C>(w, acts, at) }
     }
 }
 
@@ -386,44 +425,74 @@ impl<F: Format> PanelMatrix<F> {
         self.k
     }
 
-    /// `x @ self.T` for `x: [m, k]` (CPU, f32), parallel over panels: each
-    /// task reads its panels once per block of activation rows.
+    /// `x @ self.T` for `x: [m, k]` (CPU, f32).
     pub(crate) fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
-        let acts = Acts::new(x, m, self.k, F::MINS);
-        let ld = self.panels * PANEL;
-        let mut out = vec![0f32; m * ld];
-        let out_ptr = SendPtr(out.as_mut_ptr());
-        // One row (decoding) is bound by memory: more panels per call keep
-        // more streams in flight. Batches reuse each weight vector for
-        // four rows.
-        let (tr, tc) = if m == 1 { (1, 4) } else { (4, 2) };
-        run_chunks(self.panels, tc, |p0, p1| {
-            for rb in (0..m).step_by(ROW_BLOCK) {
-                let re = (rb + ROW_BLOCK).min(m);
-                let mut p = p0;
-                while p < p1 {
-                    let c = tc.min(p1 - p);
-                    let mut r = rb;
-                    while r < re {
-                        let rr = tr.min(re - r);
-                        // SAFETY: AVX2/FMA/F16C were checked before the
-                        // matrix was used (`supported`); the tile lies
-                        // inside the panels and rows; each output element
-                        // belongs to one tile of one task.
-                        unsafe { dispatch::<F>(rr, c, self, &acts, p, r, out_ptr.get(), ld) };
-                        r += rr;
-                    }
-                    p += c;
-                }
-            }
-        });
-        if ld != self.n {
-            for r in 0..m {
-                out.copy_within(r * ld..r * ld + self.n, r * self.n);
-            }
-            out.truncate(m * self.n);
-        }
+        let mut out = vec![0f32; m * self.n];
+        self.matmul_into(x, m, &mut out, false);
         out
+    }
+
+    /// `out [m, n] = x @ self.T` (or `+=` when `add`), parallel over
+    /// panels: each task reads its panels once per block of activation
+    /// rows, and writes its columns straight into `out`.
+    pub(crate) fn matmul_into(&self, x: &[f32], m: usize, out: &mut [f32], add: bool) {
+        assert!(x.len() >= m * self.k && out.len() >= m * self.n, "quantized matmul: buffers too small");
+        with_acts(x, m, self.k, F::MINS, |acts| {
+            let out_ptr = SendPtr(out.as_mut_ptr());
+            // One row (decoding) is bound by memory: more panels per call
+            // keep more streams in flight. Batches reuse each weight vector
+            // for four rows.
+            let (tr, tc) = if m == 1 { (1, 4) } else { (4, 2) };
+            run_chunks(self.panels, tc, |p0, p1| {
+                for rb in (0..m).step_by(ROW_BLOCK) {
+                    let re = (rb + ROW_BLOCK).min(m);
+                    let mut p = p0;
+                    while p < p1 {
+                        let c = tc.min(p1 - p);
+                        let mut r = rb;
+                        while r < re {
+                            let rr = tr.min(re - r);
+                            // SAFETY: AVX2/FMA/F16C were checked before the
+                            // matrix was used (`supported`); the tile lies
+                            // inside the panels, rows and `out` (checked
+                            // above); each output element belongs to one
+                            // tile of one task.
+                            let at = TileAt { p0: p, r0: r, out: out_ptr.get(), ld: self.n, add, prefetch: r == rb };
+                            unsafe { dispatch::<F>(rr, c, self, acts, at) };
+                            r += rr;
+                        }
+                        p += c;
+                    }
+                }
+            });
+        });
+    }
+}
+
+thread_local! {
+    /// Quantized activations, reused across calls.
+    static ACTS: std::cell::RefCell<Acts> = const {
+        std::cell::RefCell::new(Acts { qs: Vec::new(), scales: Vec::new(), sums: Vec::new() })
+    };
+}
+
+/// Runs `f` on `x` quantized, in this thread's reused buffers (fresh ones
+/// if a caller on this thread already holds them: a pool thread waiting
+/// for its tasks may run another product meanwhile).
+fn with_acts<R>(x: &[f32], m: usize, k: usize, with_sums: bool, f: impl FnOnce(&Acts) -> R) -> R {
+    let mut f = Some(f);
+    let r = ACTS.with(|cell| {
+        let mut acts = cell.try_borrow_mut().ok()?;
+        acts.fill(x, m, k, with_sums);
+        Some((f.take().expect("once"))(&acts))
+    });
+    match r {
+        Some(r) => r,
+        None => {
+            let mut acts = Acts { qs: Vec::new(), scales: Vec::new(), sums: Vec::new() };
+            acts.fill(x, m, k, with_sums);
+            (f.take().expect("once"))(&acts)
+        }
     }
 }
 
@@ -493,25 +562,28 @@ fn run_chunks<F: Fn(usize, usize) + Sync>(n: usize, step: usize, chunk: F) {
     }
 }
 
-/// Calls the kernel for a runtime tile shape (`rows` ≤ 4, `panels` ≤ 4).
-///
-/// # Safety
-/// As for [`Format::tile`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn dispatch<F: Format>(
-    rows: usize,
-    panels: usize,
-    w: &PanelMatrix<F>,
-    acts: &Acts,
+/// Where a kernel call writes: `R` activation rows from `r0` against `C`
+/// panels from `p0`, into `out` (row stride `ld`), overwriting or adding;
+/// `prefetch` on the first row tile of a pass.
+#[derive(Clone, Copy)]
+pub(crate) struct TileAt {
     p0: usize,
     r0: usize,
     out: *mut f32,
     ld: usize,
-) {
+    add: bool,
+    prefetch: bool,
+}
+
+/// Calls the kernel for a runtime tile shape (`rows` ≤ 4, `panels` ≤ 4).
+///
+/// # Safety
+/// As for [`Format::tile`].
+unsafe fn dispatch<F: Format>(rows: usize, panels: usize, w: &PanelMatrix<F>, acts: &Acts, at: TileAt) {
     macro_rules! shapes {
         ($(($r:literal, $c:literal)),*) => {
             match (rows, panels) {
-                $(($r, $c) => F::tile::<$r, $c>(w, acts, p0, r0, out, ld),)*
+                $(($r, $c) => F::tile::<$r, $c>(w, acts, at),)*
                 _ => unreachable!("tile shape {rows}×{panels}"),
             }
         };
@@ -553,15 +625,9 @@ impl<const R: usize> TileRows<R> {
 #[target_feature(enable = "avx2,fma,f16c")]
 // Index loops over the register tile read closer to the math than iterators.
 #[allow(clippy::needless_range_loop)]
-unsafe fn q4_tile<const R: usize, const C: usize>(
-    w: &PanelMatrix<Q4>,
-    acts: &Acts,
-    p0: usize,
-    r0: usize,
-    out: *mut f32,
-    ld: usize,
-) {
+unsafe fn q4_tile<const R: usize, const C: usize>(w: &PanelMatrix<Q4>, acts: &Acts, at: TileAt) {
     use std::arch::x86_64::*;
+    let TileAt { p0, r0, out, ld, add, prefetch } = at;
     // SAFETY: see the function's contract.
     unsafe {
         let (kb, pb) = (w.kb, Q4::PANEL_BLOCK);
@@ -570,7 +636,9 @@ unsafe fn q4_tile<const R: usize, const C: usize>(
         let low = _mm256_set1_epi8(0x0f);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let next = Prefetch::new(&w.data, (p0 + C) * kb * pb, C * pb, prefetch);
         for b in 0..kb {
+            next.block(b);
             // Exact integer dot products of this block: pair sums of at
             // most 2·15·127, eight steps, fit in 16 bits.
             let mut dot = [[_mm256_setzero_si256(); C]; R];
@@ -614,7 +682,8 @@ unsafe fn q4_tile<const R: usize, const C: usize>(
         }
         for r in 0..R {
             for c in 0..C {
-                _mm256_storeu_ps(out.add((r0 + r) * ld + (p0 + c) * PANEL), acc[r][c]);
+                let col = (p0 + c) * PANEL;
+                store_lanes(out.add((r0 + r) * ld + col), acc[r][c], w.n - col, add);
             }
         }
     }
@@ -627,15 +696,9 @@ unsafe fn q4_tile<const R: usize, const C: usize>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::needless_range_loop)]
-unsafe fn q8_tile<const R: usize, const C: usize>(
-    w: &PanelMatrix<Q8>,
-    acts: &Acts,
-    p0: usize,
-    r0: usize,
-    out: *mut f32,
-    ld: usize,
-) {
+unsafe fn q8_tile<const R: usize, const C: usize>(w: &PanelMatrix<Q8>, acts: &Acts, at: TileAt) {
     use std::arch::x86_64::*;
+    let TileAt { p0, r0, out, ld, add, prefetch } = at;
     // SAFETY: see the function's contract.
     unsafe {
         let (kb, pb) = (w.kb, Q8::PANEL_BLOCK);
@@ -643,7 +706,9 @@ unsafe fn q8_tile<const R: usize, const C: usize>(
         let rows = TileRows::<R>::new(acts, r0, w.k, kb);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let next = Prefetch::new(&w.data, (p0 + C) * kb * pb, C * pb, prefetch);
         for b in 0..kb {
+            next.block(b);
             let mut dot = [[_mm256_setzero_si256(); C]; R];
             // See q4_tile.
             for step in 0..w.vectors {
@@ -671,33 +736,78 @@ unsafe fn q8_tile<const R: usize, const C: usize>(
         }
         for r in 0..R {
             for c in 0..C {
-                _mm256_storeu_ps(out.add((r0 + r) * ld + (p0 + c) * PANEL), acc[r][c]);
+                let col = (p0 + c) * PANEL;
+                store_lanes(out.add((r0 + r) * ld + col), acc[r][c], w.n - col, add);
+            }
+        }
+    }
+}
+
+/// Prefetches the panels after a tile's while the tile runs: `per` bytes
+/// (one block of each of its panels) for each block, the first row tile
+/// of a pass only. The hardware prefetcher does not run ahead across the
+/// row tiles that reread a panel, and the next panels come from L3 or
+/// memory.
+#[cfg(target_arch = "x86_64")]
+struct Prefetch {
+    from: *const u8,
+    per: usize,
+    end: *const u8,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Prefetch {
+    fn new(data: &[u8], at: usize, per: usize, on: bool) -> Self {
+        let end = data.as_ptr_range().end;
+        let from = if on && at < data.len() { data.as_ptr().wrapping_add(at) } else { end };
+        Self { from, per, end }
+    }
+
+    #[inline(always)]
+    fn block(&self, b: usize) {
+        use std::arch::x86_64::*;
+        let mut line = self.from.wrapping_add(b * self.per);
+        let stop = self.from.wrapping_add((b + 1) * self.per);
+        while line < stop && line < self.end {
+            // SAFETY: a prefetch is only a hint; the address is inside the
+            // panel data (checked against its end).
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(line as *const i8) };
+            line = line.wrapping_add(64);
+        }
+    }
+}
+
+/// Writes (or adds) the first `valid` lanes of `v` at `dst`.
+///
+/// # Safety
+/// AVX2 is present; `dst` is valid for `valid.min(8)` floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn store_lanes(dst: *mut f32, v: std::arch::x86_64::__m256, valid: usize, add: bool) {
+    use std::arch::x86_64::*;
+    // SAFETY: see the function's contract.
+    unsafe {
+        if valid >= PANEL {
+            let v = if add { _mm256_add_ps(_mm256_loadu_ps(dst), v) } else { v };
+            _mm256_storeu_ps(dst, v);
+        } else {
+            let mut lanes = [0f32; PANEL];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), v);
+            for (i, &x) in lanes[..valid].iter().enumerate() {
+                *dst.add(i) = if add { *dst.add(i) + x } else { x };
             }
         }
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn q4_tile<const R: usize, const C: usize>(
-    _: &PanelMatrix<Q4>,
-    _: &Acts,
-    _: usize,
-    _: usize,
-    _: *mut f32,
-    _: usize,
-) {
+unsafe fn q4_tile<const R: usize, const C: usize>(_: &PanelMatrix<Q4>, _: &Acts, _: TileAt) {
     unreachable!("the quantized kernels need x86-64 (supported() is false here)")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn q8_tile<const R: usize, const C: usize>(
-    _: &PanelMatrix<Q8>,
-    _: &Acts,
-    _: usize,
-    _: usize,
-    _: *mut f32,
-    _: usize,
-) {
+unsafe fn q8_tile<const R: usize, const C: usize>(_: &PanelMatrix<Q8>, _: &Acts, _: TileAt) {
     unreachable!("the quantized kernels need x86-64 (supported() is false here)")
 }
 
@@ -790,6 +900,26 @@ mod tests {
     }
 
     #[test]
+    fn vector_quantization_matches_scalar() {
+        let dev = Device::Cpu;
+        let mut x: Vec<f32> =
+            Tensor::randn(0f32, 3.0, (5, 96), &dev).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        x[32..64].fill(0.0); // an all-zero block
+        x[7] = 0.5 * (x[3].abs() / 127.0); // a value halfway between steps
+        let acts = Acts::new(&x, 5, 96, true);
+        let (mut qs, mut scales) = (vec![0i8; 5 * 96], vec![0f32; 15]);
+        for r in 0..5 {
+            quantize_blocks(&x[r * 96..(r + 1) * 96], &mut qs[r * 96..(r + 1) * 96], &mut scales[r * 3..(r + 1) * 3]);
+        }
+        assert_eq!(acts.qs, qs);
+        assert_eq!(acts.scales, scales);
+        for (b, blk) in qs.chunks_exact(32).enumerate() {
+            assert_eq!(acts.sums[b], blk.iter().map(|&v| v as i32).sum::<i32>() as f32 * scales[b]);
+        }
+        assert!(acts.qs[32..64].iter().all(|&q| q == 0) && acts.scales[1] == 0.0);
+    }
+
+    #[test]
     fn q8_matmul_matches_f32() {
         if !supported() {
             return;
@@ -876,50 +1006,6 @@ mod tests {
         for r in 0..m {
             let alone = joined.matmul(&x[r * k..(r + 1) * k], 1);
             assert_eq!(alone[..], all[r * joined.n..(r + 1) * joined.n]);
-        }
-    }
-}
-
-#[cfg(test)]
-mod speed {
-    use super::*;
-    use candle_core::Device;
-    use candle_core::quantized::{GgmlDType, QTensor};
-
-    // cargo test --release -p rlt-engine --lib quant::speed -- --ignored --nocapture
-    #[test]
-    #[ignore]
-    fn kernel_speed() {
-        let dev = Device::Cpu;
-        for (m, n, k) in
-            [(16usize, 3072usize, 576usize), (16, 576, 1536), (16, 49152, 576), (1, 3072, 576), (64, 3072, 576)]
-        {
-            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
-            let x: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-            let order: Vec<usize> = (0..n).collect();
-            for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
-                let raw = QTensor::quantize(&w, dtype).unwrap().data().unwrap().to_vec();
-                let run: Box<dyn Fn() -> Vec<f32>> = match dtype {
-                    GgmlDType::Q4_1 => {
-                        let mat = Q4Matrix::from_q4_1_blocks(&raw, n, k, &order).unwrap();
-                        let x = x.clone();
-                        Box::new(move || mat.matmul(&x, m))
-                    }
-                    _ => {
-                        let mat = Q8Matrix::from_q8_0_blocks(&raw, n, k, &order).unwrap();
-                        let x = x.clone();
-                        Box::new(move || mat.matmul(&x, m))
-                    }
-                };
-                run();
-                let iters = (8e9 / (m * n * k) as f64).ceil() as usize;
-                let t = std::time::Instant::now();
-                for _ in 0..iters {
-                    std::hint::black_box(run());
-                }
-                let s = t.elapsed().as_secs_f64() / iters as f64;
-                println!("{dtype:?} m{m} n{n} k{k}: {:.3} ms, {:.1} GMAC/s", s * 1e3, (m * n * k) as f64 / s / 1e9);
-            }
         }
     }
 }

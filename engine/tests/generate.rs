@@ -109,6 +109,20 @@ fn quantized_model_generates_too() {
     let out = generate(&lm.model, &lm.tokenizer, &[prompt("Hi!")], &params, |_| {}).unwrap();
     assert_eq!(out.len(), 4);
     assert!(out.iter().all(|c| !c.token_ids.is_empty()));
+    // The 8-bit kernels give a row the same numbers alone as in a batch,
+    // so a group decoded together is the group decoded one by one.
+    let alone = generate(
+        &lm.model,
+        &lm.tokenizer,
+        &[prompt("Hi!")],
+        &GenerateParams { max_batch: 1, ..params.clone() },
+        |_| {},
+    )
+    .unwrap();
+    for (x, y) in out.iter().zip(&alone) {
+        assert_eq!(x.token_ids, y.token_ids);
+        assert_eq!(x.logprobs, y.logprobs);
+    }
 }
 
 #[test]
