@@ -505,9 +505,7 @@ struct Shape {
 
 /// Attention of one new column per row (decoding) over `kv.len` keys.
 /// The query heads that share a kv head are done together, so each key
-/// and value row is read once per group rather than once per head (the
-/// cache is the largest stream of a batched decoding step). Each head's
-/// arithmetic is the same as alone.
+/// and value row is read once per group rather than once per head.
 fn attend_one(q: &[f32], s: Shape, kv: Kv, left_pad: &[usize], scale: f32, out: &mut [f32]) {
     let Shape { b, nh, nkv, d, ldq, .. } = s;
     let groups = nh / nkv;
@@ -516,32 +514,23 @@ fn attend_one(q: &[f32], s: Shape, kv: Kv, left_pad: &[usize], scale: f32, out: 
         let base = bi * kv.batch + g * kv.head;
         let lo = left_pad.get(bi).copied().unwrap_or(0).min(kv.len - 1);
         let n = kv.len - lo;
-        let qrows: Vec<&[f32]> = (0..groups).map(|hq| &q[bi * ldq + (g * groups + hq) * d..][..d]).collect();
+        let at = Group {
+            q: &q[bi * ldq + g * groups * d..][..groups * d],
+            k: &kv.k[base + lo * kv.row..],
+            v: &kv.v[base + lo * kv.row..],
+            stride: kv.row,
+            n,
+            d,
+        };
         scores.clear();
         scores.resize(groups * n, 0.0);
-        for j in 0..n {
-            let key = &kv.k[base + (lo + j) * kv.row..][..d];
-            for (hq, qrow) in qrows.iter().enumerate() {
-                scores[hq * n + j] = kernels::dot(qrow, key) * scale;
-            }
+        at.scores(scale, scores);
+        for sc in scores.chunks_exact_mut(n) {
+            let max = kernels::max_of(sc);
+            let inv = 1.0 / kernels::exp_sum(sc, max, 1.0);
+            sc.iter_mut().for_each(|p| *p *= inv);
         }
-        let inv: Vec<f32> = scores
-            .chunks_exact_mut(n)
-            .map(|sc| {
-                let max = kernels::max_of(sc);
-                1.0 / kernels::exp_sum(sc, max, 1.0)
-            })
-            .collect();
-        o.fill(0.0);
-        for j in 0..n {
-            let value = &kv.v[base + (lo + j) * kv.row..][..d];
-            for (hq, oh) in o.chunks_exact_mut(d).enumerate() {
-                let w = scores[hq * n + j] * inv[hq];
-                for (oi, &vi) in oh.iter_mut().zip(value) {
-                    *oi += w * vi;
-                }
-            }
-        }
+        at.mix(scores, o);
     };
     // Heads of one kv head are adjacent in `out [b, nh, d]`.
     let out = &mut out[..b * nh * d];
@@ -554,6 +543,138 @@ fn attend_one(q: &[f32], s: Shape, kv: Kv, left_pad: &[usize], scale: f32, out: 
         out.par_chunks_exact_mut(groups * d)
             .enumerate()
             .for_each_init(|| Vec::with_capacity(groups * kv.len), |scores, (bg, o)| group(bg, o, scores));
+    }
+}
+
+/// One row's query heads that share a kv head, and that kv head's `n`
+/// keys and values (row `j` at `j * stride`).
+struct Group<'a> {
+    /// `[heads, d]`.
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    stride: usize,
+    n: usize,
+    d: usize,
+}
+
+impl Group<'_> {
+    /// `scores[h·n + j] = q_h · k_j · scale`.
+    fn scores(&self, scale: f32, scores: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.d.is_multiple_of(8) && crate::sgemm::supported() {
+            // SAFETY: AVX2/FMA present; shapes as documented on `Group`.
+            return unsafe { self.scores_avx2(scale, scores) };
+        }
+        let d = self.d;
+        for (qh, sh) in self.q.chunks_exact(d).zip(scores.chunks_exact_mut(self.n)) {
+            for (j, s) in sh.iter_mut().enumerate() {
+                *s = kernels::dot(qh, &self.k[j * self.stride..][..d]) * scale;
+            }
+        }
+    }
+
+    /// `out[h] = Σ_j p[h·n + j] · v_j`.
+    fn mix(&self, p: &[f32], out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.d.is_multiple_of(32) && crate::sgemm::supported() {
+            // SAFETY: AVX2/FMA present; shapes as documented on `Group`.
+            return unsafe { self.mix_avx2(p, out) };
+        }
+        let d = self.d;
+        out.fill(0.0);
+        for (oh, ph) in out.chunks_exact_mut(d).zip(p.chunks_exact(self.n)) {
+            for (j, &w) in ph.iter().enumerate() {
+                for (o, &v) in oh.iter_mut().zip(&self.v[j * self.stride..][..d]) {
+                    *o += w * v;
+                }
+            }
+        }
+    }
+
+    /// Four keys at a time per head, one accumulator each, reduced
+    /// together at the end.
+    ///
+    /// # Safety
+    /// AVX2 and FMA are present; `d` is a multiple of 8.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn scores_avx2(&self, scale: f32, scores: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let (n, d, st) = (self.n, self.d, self.stride);
+        assert!(self.k.len() >= (n - 1) * st + d && scores.len() >= self.q.len() / d * n);
+        // SAFETY: every key read is inside `self.k` (asserted above), every
+        // query read inside its head's `d` values.
+        unsafe {
+            let hsum = |v: __m256| {
+                let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+            };
+            for (qh, sh) in self.q.chunks_exact(d).zip(scores.chunks_exact_mut(n)) {
+                let k = self.k.as_ptr();
+                let mut j = 0;
+                while j + 4 <= n {
+                    let mut acc = [_mm256_setzero_ps(); 4];
+                    for c in (0..d).step_by(8) {
+                        let qv = _mm256_loadu_ps(qh.as_ptr().add(c));
+                        for (r, a) in acc.iter_mut().enumerate() {
+                            *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k.add((j + r) * st + c)), *a);
+                        }
+                    }
+                    // [s0 s1 s2 s3] from the four accumulators' lanes.
+                    let h01 = _mm256_hadd_ps(acc[0], acc[1]);
+                    let h23 = _mm256_hadd_ps(acc[2], acc[3]);
+                    let h = _mm256_hadd_ps(h01, h23);
+                    let s4 = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+                    _mm_storeu_ps(sh.as_mut_ptr().add(j), _mm_mul_ps(s4, _mm_set1_ps(scale)));
+                    j += 4;
+                }
+                while j < n {
+                    let mut acc = _mm256_setzero_ps();
+                    for c in (0..d).step_by(8) {
+                        acc = _mm256_fmadd_ps(
+                            _mm256_loadu_ps(qh.as_ptr().add(c)),
+                            _mm256_loadu_ps(k.add(j * st + c)),
+                            acc,
+                        );
+                    }
+                    sh[j] = hsum(acc) * scale;
+                    j += 1;
+                }
+            }
+        }
+    }
+
+    /// 32 output values per pass over the values, in four accumulators.
+    ///
+    /// # Safety
+    /// AVX2 and FMA are present; `d` is a multiple of 32.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn mix_avx2(&self, p: &[f32], out: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let (n, d, st) = (self.n, self.d, self.stride);
+        assert!(self.v.len() >= (n - 1) * st + d && p.len() >= out.len() / d * n);
+        // SAFETY: every value read is inside `self.v` (asserted above),
+        // every write inside its head's `d` outputs.
+        unsafe {
+            for (oh, ph) in out.chunks_exact_mut(d).zip(p.chunks_exact(n)) {
+                for c in (0..d).step_by(32) {
+                    let mut acc = [_mm256_setzero_ps(); 4];
+                    let v = self.v.as_ptr().add(c);
+                    for (j, &w) in ph.iter().enumerate() {
+                        let wv = _mm256_set1_ps(w);
+                        for (i, a) in acc.iter_mut().enumerate() {
+                            *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(v.add(j * st + 8 * i)), *a);
+                        }
+                    }
+                    for (i, a) in acc.iter().enumerate() {
+                        _mm256_storeu_ps(oh.as_mut_ptr().add(c + 8 * i), *a);
+                    }
+                }
+            }
+        }
     }
 }
 
