@@ -729,6 +729,9 @@ fn attend_blocks(
             let scores = sbuf.as_mut_slice();
             let qa = AView::new(&q[(bi * t + q0) * ldq + h * d..], c, d, ldq);
             sgemm::gemm(qa, kt.first_cols(keys), scores, keys, false, false);
+            // Unnormalised: each output row is divided by its sum after
+            // `S·V` (d values instead of one per key).
+            let mut inv = [0f32; QUERY_BLOCK];
             for (r, row) in scores.chunks_exact_mut(keys).enumerate() {
                 let col = past + q0 + r;
                 let lo = pad.min(col);
@@ -736,16 +739,18 @@ fn attend_blocks(
                 row[col + 1..].fill(0.0);
                 let vis = &mut row[lo..=col];
                 let max = kernels::max_of(vis);
-                let inv = 1.0 / kernels::exp_sum(vis, max, scale);
-                for x in vis.iter_mut() {
-                    *x *= inv;
-                }
+                inv[r] = 1.0 / kernels::exp_sum(vis, max, scale);
             }
             // SAFETY: rows bi·t + q0 .. + c, columns h·d .. + d of `out`
             // belong to this task alone.
             unsafe {
                 let dst = optr.get().add((bi * t + q0) * ldo + h * d);
                 sgemm::gemm_ptr(AView::new(scores, c, keys, keys), v.first_rows(keys), dst, ldo, false, false);
+                for (r, &f) in inv[..c].iter().enumerate() {
+                    for x in std::slice::from_raw_parts_mut(dst.add(r * ldo), d) {
+                        *x *= f;
+                    }
+                }
             }
         });
     });
