@@ -617,6 +617,32 @@ impl<const R: usize> TileRows<R> {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+impl<F: Format> PanelMatrix<F> {
+    /// A tile's panel pointers, activation rows and prefetch of the panels
+    /// after it.
+    ///
+    /// # Safety
+    /// Panels `p0..p0 + C` and rows `r0..r0 + R` exist.
+    unsafe fn tile_inputs<const R: usize, const C: usize>(
+        &self,
+        acts: &Acts,
+        p0: usize,
+        r0: usize,
+        prefetch: bool,
+    ) -> ([*const u8; C], TileRows<R>, Prefetch) {
+        let per_panel = self.kb * F::PANEL_BLOCK;
+        // SAFETY: the panels and rows exist (contract).
+        unsafe {
+            (
+                std::array::from_fn(|c| self.data.as_ptr().add((p0 + c) * per_panel)),
+                TileRows::new(acts, r0, self.k, self.kb),
+                Prefetch::new(&self.data, (p0 + C) * per_panel, C * F::PANEL_BLOCK, prefetch),
+            )
+        }
+    }
+}
+
 /// Q4_1 tile (see [`Format::tile`]).
 ///
 /// # Safety
@@ -631,12 +657,10 @@ unsafe fn q4_tile<const R: usize, const C: usize>(w: &PanelMatrix<Q4>, acts: &Ac
     // SAFETY: see the function's contract.
     unsafe {
         let (kb, pb) = (w.kb, Q4::PANEL_BLOCK);
-        let panels: [*const u8; C] = std::array::from_fn(|c| w.data.as_ptr().add((p0 + c) * kb * pb));
-        let rows = TileRows::<R>::new(acts, r0, w.k, kb);
+        let (panels, rows, next) = w.tile_inputs::<R, C>(acts, p0, r0, prefetch);
         let low = _mm256_set1_epi8(0x0f);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_ps(); C]; R];
-        let next = Prefetch::new(&w.data, (p0 + C) * kb * pb, C * pb, prefetch);
         for b in 0..kb {
             next.block(b);
             // Exact integer dot products of this block: pair sums of at
@@ -702,11 +726,9 @@ unsafe fn q8_tile<const R: usize, const C: usize>(w: &PanelMatrix<Q8>, acts: &Ac
     // SAFETY: see the function's contract.
     unsafe {
         let (kb, pb) = (w.kb, Q8::PANEL_BLOCK);
-        let panels: [*const u8; C] = std::array::from_fn(|c| w.data.as_ptr().add((p0 + c) * kb * pb));
-        let rows = TileRows::<R>::new(acts, r0, w.k, kb);
+        let (panels, rows, next) = w.tile_inputs::<R, C>(acts, p0, r0, prefetch);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_ps(); C]; R];
-        let next = Prefetch::new(&w.data, (p0 + C) * kb * pb, C * pb, prefetch);
         for b in 0..kb {
             next.block(b);
             let mut dot = [[_mm256_setzero_si256(); C]; R];
