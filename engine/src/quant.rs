@@ -995,6 +995,32 @@ mod tests {
     }
 
     #[test]
+    fn matmul_into_adds_to_what_is_there() {
+        if !supported() {
+            return;
+        }
+        let dev = Device::Cpu;
+        // 12 outputs: one whole panel and one of four rows.
+        for (m, n, k) in [(1, 12, 64), (6, 12, 96), (16, 16, 32)] {
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            let x: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let mat = Q8Matrix::from_tensor(&w).unwrap();
+            let y = mat.matmul(&x, m);
+            let base: Vec<f32> = (0..m * n).map(|i| i as f32 * 0.5 - 3.0).collect();
+            let mut out = base.clone();
+            // A longer buffer: nothing past `m × n` is touched.
+            out.push(42.0);
+            mat.matmul_into(&x, m, &mut out, true);
+            for i in 0..m * n {
+                assert_eq!(out[i], base[i] + y[i], "m{m} n{n} element {i}");
+            }
+            assert_eq!(out[m * n], 42.0);
+            mat.matmul_into(&x, m, &mut out, false);
+            assert_eq!(out[..m * n], y[..]);
+        }
+    }
+
+    #[test]
     fn q4_concat_rows_and_batch_invariance() {
         if !supported() {
             return;
