@@ -7,7 +7,10 @@
 //! `cargo run --release -p rlt-engine --example bench [what…]` (`make
 //! bench`), where `what` is any of `score`, `decode`, `group` or the single
 //! runs `decode-q4`, `decode-f32`, `group-q4`, `group-f32`; nothing means
-//! everything. `RLT_BENCH_LENS=512,2048` sets the scoring lengths.
+//! everything. `RLT_BENCH_LENS=512,2048` sets the scoring lengths;
+//! `RLT_BENCH_PROMPT_WORDS=N` decodes after a prompt of about N words
+//! instead of one line (a teacher's prompt holds a question and its
+//! solution).
 //!
 //! Each measurement is one JSON line (`"bench": …`), which
 //! `scripts/reference/bench_compare.py` (`make bench-compare`) reads to put
@@ -136,7 +139,19 @@ fn main() -> rlt_engine::Result<()> {
 
     let decode = |mode: WeightMode, group: usize, new_tokens: usize| -> rlt_engine::Result<f64> {
         let lm = load_model(&path, mode, &dev)?;
-        let prompt = lm.tokenizer.encode(PROMPT)?;
+        let prompt = match std::env::var("RLT_BENCH_PROMPT_WORDS").ok().and_then(|v| v.parse::<usize>().ok()) {
+            Some(words) => {
+                let body = ["the", "robot", "counted", "17", "gears", "and", "then", "wrote", "x^2", "+", "1."]
+                    .iter()
+                    .cycle()
+                    .take(words)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                lm.tokenizer.encode(&PROMPT.replace("Write a long story about a robot.", &body))?
+            }
+            None => lm.tokenizer.encode(PROMPT)?,
+        };
         let params = GenerateParams {
             n: group,
             max_new_tokens: new_tokens,

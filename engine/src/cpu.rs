@@ -196,7 +196,9 @@ pub(crate) struct CpuModel {
     pub vocab: usize,
 }
 
-/// Keys and values of one layer on the host, `[rows, kv_heads, cap, d]`.
+/// Keys and values of one layer on the host, `[rows, kv_heads, cap, d]`,
+/// for the positions from `prefix.len` on; the positions before are the
+/// shared `prefix` (see [`HostKv::select_rows`]).
 #[derive(Debug, Clone)]
 pub(crate) struct HostKv {
     k: Vec<f32>,
@@ -205,28 +207,60 @@ pub(crate) struct HostKv {
     kv_heads: usize,
     cap: usize,
     d: usize,
+    prefix: Option<Arc<Prefix>>,
+}
+
+/// The first `len` positions of keys and values that every row of a cache
+/// has in common, `[kv_heads, len, d]`: the prompt of a group of
+/// completions, stored and read once instead of once per completion.
+#[derive(Debug)]
+struct Prefix {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    len: usize,
 }
 
 impl HostKv {
     fn new(rows: usize, kv_heads: usize, cap: usize, d: usize) -> Self {
         let len = rows * kv_heads * cap * d;
-        Self { k: vec![0f32; len], v: vec![0f32; len], rows, kv_heads, cap, d }
+        Self { k: vec![0f32; len], v: vec![0f32; len], rows, kv_heads, cap, d, prefix: None }
     }
 
-    /// Copies of rows `rows` (whole capacity).
-    pub(crate) fn select_rows(&self, rows: &[usize]) -> Self {
-        let per = self.kv_heads * self.cap * self.d;
+    /// Positions held in the shared prefix.
+    fn shared(&self) -> usize {
+        self.prefix.as_ref().map_or(0, |p| p.len)
+    }
+
+    /// Rows `rows` of a cache holding `len` positions. Several copies of
+    /// one row (a prompt fanned out into a group) share its positions as
+    /// a prefix instead of copying them; otherwise rows are copied whole,
+    /// and a shared prefix stays shared.
+    pub(crate) fn select_rows(&self, rows: &[usize], len: usize) -> Self {
+        let (nkv, d) = (self.kv_heads, self.d);
+        let own = len.saturating_sub(self.shared());
+        if self.prefix.is_none() && rows.len() > 1 && rows.iter().all(|&r| r == rows[0]) && own > 0 {
+            let gather = |src: &[f32]| {
+                (0..nkv)
+                    .flat_map(|g| src[((rows[0] * nkv + g) * self.cap) * d..][..own * d].iter().copied())
+                    .collect::<Vec<f32>>()
+            };
+            let prefix = Prefix { k: gather(&self.k), v: gather(&self.v), len: own };
+            return Self { prefix: Some(Arc::new(prefix)), ..HostKv::new(rows.len(), nkv, 0, d) };
+        }
+        let per = nkv * self.cap * d;
         let gather = |src: &[f32]| rows.iter().flat_map(|&r| src[r * per..(r + 1) * per].iter().copied()).collect();
-        Self { k: gather(&self.k), v: gather(&self.v), rows: rows.len(), ..*self }
+        Self { k: gather(&self.k), v: gather(&self.v), rows: rows.len(), prefix: self.prefix.clone(), ..*self }
     }
 
-    /// Room for `needed` positions, keeping the first `len`.
+    /// Room for `needed` positions in all, keeping the first `len`.
     fn reserve(&mut self, len: usize, needed: usize, max_len: usize) {
+        let shared = self.shared();
+        let (len, needed) = (len - shared, needed - shared);
         if needed <= self.cap {
             return;
         }
         let cap = needed.max(64).next_power_of_two().min(max_len.max(needed));
-        let mut grown = HostKv::new(self.rows, self.kv_heads, cap, self.d);
+        let mut grown = HostKv { prefix: self.prefix.clone(), ..HostKv::new(self.rows, self.kv_heads, cap, self.d) };
         for rh in 0..self.rows * self.kv_heads {
             let n = len * self.d;
             grown.k[rh * cap * self.d..][..n].copy_from_slice(&self.k[rh * self.cap * self.d..][..n]);
@@ -234,10 +268,30 @@ impl HostKv {
         }
         *self = grown;
     }
+
+    /// The same cache with the prefix copied into every row (for the
+    /// prefill attention, which reads one contiguous run of keys per row).
+    fn unshare(&mut self, len: usize, max_len: usize) {
+        let Some(prefix) = self.prefix.take() else { return };
+        let (p, own, d) = (prefix.len, len - prefix.len, self.d);
+        let cap = len.max(64).next_power_of_two().min(max_len.max(len));
+        let mut full = HostKv::new(self.rows, self.kv_heads, cap, d);
+        for r in 0..self.rows {
+            for g in 0..self.kv_heads {
+                let (dst, src) = ((r * self.kv_heads + g) * cap * d, (r * self.kv_heads + g) * self.cap * d);
+                full.k[dst..][..p * d].copy_from_slice(&prefix.k[g * p * d..][..p * d]);
+                full.v[dst..][..p * d].copy_from_slice(&prefix.v[g * p * d..][..p * d]);
+                full.k[dst + p * d..][..own * d].copy_from_slice(&self.k[src..][..own * d]);
+                full.v[dst + p * d..][..own * d].copy_from_slice(&self.v[src..][..own * d]);
+            }
+        }
+        *self = full;
+    }
 }
 
 /// Keys and values as attention reads them: key `j` of batch row `b`, kv
-/// head `g` is `k[b * batch + g * head + j * row..][..d]` (same for `v`).
+/// head `g` is `k[b * batch + g * head + (j - shared) * row..][..d]` (same
+/// for `v`) from `shared` on, and key `j` of the shared prefix before.
 #[derive(Clone, Copy)]
 struct Kv<'a> {
     k: &'a [f32],
@@ -246,6 +300,7 @@ struct Kv<'a> {
     head: usize,
     row: usize,
     len: usize,
+    prefix: Option<&'a Prefix>,
 }
 
 /// Queries per attention block in a prefill: the block's scores
@@ -366,12 +421,16 @@ impl CpuModel {
                 Some((layers, _)) => {
                     let slot = &mut layers[li];
                     let store = slot.get_or_insert_with(|| HostKv::new(b, nkv, 0, d));
+                    if t > 1 {
+                        store.unshare(past, max_len);
+                    }
                     store.reserve(past, total, max_len);
+                    let own = past - store.shared();
                     for bi in 0..b {
                         for j in 0..t {
                             let src = &qkv[(bi * t + j) * w..][..w];
                             for g in 0..nkv {
-                                let at = ((bi * nkv + g) * store.cap + past + j) * d;
+                                let at = ((bi * nkv + g) * store.cap + own + j) * d;
                                 store.k[at..at + d].copy_from_slice(&src[(nh + g) * d..][..d]);
                                 store.v[at..at + d].copy_from_slice(&src[(nh + nkv + g) * d..][..d]);
                             }
@@ -385,9 +444,18 @@ impl CpuModel {
                         head: kv_store.cap * d,
                         row: d,
                         len: total,
+                        prefix: kv_store.prefix.as_deref(),
                     }
                 }
-                None => Kv { k: &qkv[nh * d..], v: &qkv[(nh + nkv) * d..], batch: t * w, head: d, row: w, len: t },
+                None => Kv {
+                    k: &qkv[nh * d..],
+                    v: &qkv[(nh + nkv) * d..],
+                    batch: t * w,
+                    head: d,
+                    row: w,
+                    len: t,
+                    prefix: None,
+                },
             };
             let shape = Shape { b, t, past, nh, nkv, d, ldq: w };
             if t == 1 {
@@ -511,26 +579,38 @@ fn attend_one(q: &[f32], s: Shape, kv: Kv, left_pad: &[usize], scale: f32, out: 
     let groups = nh / nkv;
     let group = |bg: usize, o: &mut [f32], scores: &mut Vec<f32>| {
         let (bi, g) = (bg / nkv, bg % nkv);
-        let base = bi * kv.batch + g * kv.head;
         let lo = left_pad.get(bi).copied().unwrap_or(0).min(kv.len - 1);
         let n = kv.len - lo;
-        let at = Group {
-            q: &q[bi * ldq + g * groups * d..][..groups * d],
-            k: &kv.k[base + lo * kv.row..],
-            v: &kv.v[base + lo * kv.row..],
-            stride: kv.row,
-            n,
-            d,
-        };
+        let q = &q[bi * ldq + g * groups * d..][..groups * d];
+        // The keys in order: the shared prefix's, then the row's own.
+        let shared = kv.prefix.map_or(0, |p| p.len);
+        let mut parts = Vec::with_capacity(2);
+        if let Some(p) = kv.prefix.filter(|_| lo < shared) {
+            let at = (g * shared + lo) * d;
+            parts.push(Group { q, k: &p.k[at..], v: &p.v[at..], stride: d, n: shared - lo, d });
+        }
+        let from = lo.max(shared);
+        if from < kv.len {
+            let at = bi * kv.batch + g * kv.head + (from - shared) * kv.row;
+            parts.push(Group { q, k: &kv.k[at..], v: &kv.v[at..], stride: kv.row, n: kv.len - from, d });
+        }
         scores.clear();
         scores.resize(groups * n, 0.0);
-        at.scores(scale, scores);
+        let mut col = 0;
+        for part in &parts {
+            part.scores(scale, scores, n, col);
+            col += part.n;
+        }
         for sc in scores.chunks_exact_mut(n) {
             let max = kernels::max_of(sc);
             let inv = 1.0 / kernels::exp_sum(sc, max, 1.0);
             sc.iter_mut().for_each(|p| *p *= inv);
         }
-        at.mix(scores, o);
+        let mut col = 0;
+        for (i, part) in parts.iter().enumerate() {
+            part.mix(scores, n, col, o, i > 0);
+            col += part.n;
+        }
     };
     // Heads of one kv head are adjacent in `out [b, nh, d]`.
     let out = &mut out[..b * nh * d];
@@ -559,32 +639,35 @@ struct Group<'a> {
 }
 
 impl Group<'_> {
-    /// `scores[h·n + j] = q_h · k_j · scale`.
-    fn scores(&self, scale: f32, scores: &mut [f32]) {
+    /// `scores[h·width + col + j] = q_h · k_j · scale`.
+    fn scores(&self, scale: f32, scores: &mut [f32], width: usize, col: usize) {
         #[cfg(target_arch = "x86_64")]
         if self.d.is_multiple_of(8) && crate::sgemm::supported() {
             // SAFETY: AVX2/FMA present; shapes as documented on `Group`.
-            return unsafe { self.scores_avx2(scale, scores) };
+            return unsafe { self.scores_avx2(scale, scores, width, col) };
         }
         let d = self.d;
-        for (qh, sh) in self.q.chunks_exact(d).zip(scores.chunks_exact_mut(self.n)) {
-            for (j, s) in sh.iter_mut().enumerate() {
+        for (qh, sh) in self.q.chunks_exact(d).zip(scores.chunks_exact_mut(width)) {
+            for (j, s) in sh[col..col + self.n].iter_mut().enumerate() {
                 *s = kernels::dot(qh, &self.k[j * self.stride..][..d]) * scale;
             }
         }
     }
 
-    /// `out[h] = Σ_j p[h·n + j] · v_j`.
-    fn mix(&self, p: &[f32], out: &mut [f32]) {
+    /// `out[h] (+)= Σ_j p[h·width + col + j] · v_j`, adding to `out` when
+    /// `add` (the second run of keys).
+    fn mix(&self, p: &[f32], width: usize, col: usize, out: &mut [f32], add: bool) {
         #[cfg(target_arch = "x86_64")]
         if self.d.is_multiple_of(32) && crate::sgemm::supported() {
             // SAFETY: AVX2/FMA present; shapes as documented on `Group`.
-            return unsafe { self.mix_avx2(p, out) };
+            return unsafe { self.mix_avx2(p, width, col, out, add) };
         }
         let d = self.d;
-        out.fill(0.0);
-        for (oh, ph) in out.chunks_exact_mut(d).zip(p.chunks_exact(self.n)) {
-            for (j, &w) in ph.iter().enumerate() {
+        if !add {
+            out.fill(0.0);
+        }
+        for (oh, ph) in out.chunks_exact_mut(d).zip(p.chunks_exact(width)) {
+            for (j, &w) in ph[col..col + self.n].iter().enumerate() {
                 for (o, &v) in oh.iter_mut().zip(&self.v[j * self.stride..][..d]) {
                     *o += w * v;
                 }
@@ -599,10 +682,10 @@ impl Group<'_> {
     /// AVX2 and FMA are present; `d` is a multiple of 8.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn scores_avx2(&self, scale: f32, scores: &mut [f32]) {
+    unsafe fn scores_avx2(&self, scale: f32, scores: &mut [f32], width: usize, col: usize) {
         use std::arch::x86_64::*;
         let (n, d, st) = (self.n, self.d, self.stride);
-        assert!(self.k.len() >= (n - 1) * st + d && scores.len() >= self.q.len() / d * n);
+        assert!(self.k.len() >= (n - 1) * st + d && col + n <= width && scores.len() >= self.q.len() / d * width);
         // SAFETY: every key read is inside `self.k` (asserted above), every
         // query read inside its head's `d` values.
         unsafe {
@@ -611,7 +694,8 @@ impl Group<'_> {
                 let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
                 _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
             };
-            for (qh, sh) in self.q.chunks_exact(d).zip(scores.chunks_exact_mut(n)) {
+            for (qh, sh) in self.q.chunks_exact(d).zip(scores.chunks_exact_mut(width)) {
+                let sh = &mut sh[col..col + n];
                 let k = self.k.as_ptr();
                 let mut j = 0;
                 while j + 4 <= n {
@@ -652,16 +736,21 @@ impl Group<'_> {
     /// AVX2 and FMA are present; `d` is a multiple of 32.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn mix_avx2(&self, p: &[f32], out: &mut [f32]) {
+    unsafe fn mix_avx2(&self, p: &[f32], width: usize, col: usize, out: &mut [f32], add: bool) {
         use std::arch::x86_64::*;
         let (n, d, st) = (self.n, self.d, self.stride);
-        assert!(self.v.len() >= (n - 1) * st + d && p.len() >= out.len() / d * n);
+        assert!(self.v.len() >= (n - 1) * st + d && col + n <= width && p.len() >= out.len() / d * width);
         // SAFETY: every value read is inside `self.v` (asserted above),
         // every write inside its head's `d` outputs.
         unsafe {
-            for (oh, ph) in out.chunks_exact_mut(d).zip(p.chunks_exact(n)) {
+            for (oh, ph) in out.chunks_exact_mut(d).zip(p.chunks_exact(width)) {
+                let ph = &ph[col..col + n];
                 for c in (0..d).step_by(32) {
-                    let mut acc = [_mm256_setzero_ps(); 4];
+                    // Continuing from the earlier run's sums keeps the order
+                    // of the additions that of one run over all keys.
+                    let mut acc: [__m256; 4] = std::array::from_fn(|i| {
+                        if add { _mm256_loadu_ps(oh.as_ptr().add(c + 8 * i)) } else { _mm256_setzero_ps() }
+                    });
                     let v = self.v.as_ptr().add(c);
                     for (j, &w) in ph.iter().enumerate() {
                         let wv = _mm256_set1_ps(w);
@@ -754,4 +843,63 @@ fn attend_blocks(
             }
         });
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cache of `rows` rows holding `len` positions, value = row·1000 +
+    /// kv head·100 + position (plus 0.5 in `v`).
+    fn filled(rows: usize, len: usize) -> HostKv {
+        let (nkv, d) = (2, 4);
+        let mut kv = HostKv::new(rows, nkv, 8, d);
+        for r in 0..rows {
+            for g in 0..nkv {
+                for j in 0..len {
+                    let at = ((r * nkv + g) * kv.cap + j) * d;
+                    let x = (r * 1000 + g * 100 + j) as f32;
+                    kv.k[at..at + d].fill(x);
+                    kv.v[at..at + d].fill(x + 0.5);
+                }
+            }
+        }
+        kv
+    }
+
+    #[test]
+    fn a_fanned_out_row_is_shared_and_unshared_whole() {
+        let kv = filled(2, 5);
+        let group = kv.select_rows(&[1, 1, 1], 5);
+        assert_eq!(group.shared(), 5);
+        assert!(group.k.is_empty(), "no per-row copies of the prompt");
+        // Dropping rows keeps the prefix shared.
+        let mut kept = group.select_rows(&[2, 0], 5);
+        assert_eq!((kept.rows, kept.shared()), (2, 5));
+        // Two more positions per row, then back to whole rows.
+        kept.reserve(5, 7, 64);
+        for r in 0..2 {
+            for g in 0..2 {
+                for j in 0..2 {
+                    let at = ((r * 2 + g) * kept.cap + j) * 4;
+                    kept.k[at..at + 4].fill(-((r * 10 + j) as f32));
+                }
+            }
+        }
+        kept.unshare(7, 64);
+        assert_eq!(kept.shared(), 0);
+        for r in 0..2 {
+            for g in 0..2 {
+                let key = |j: usize| kept.k[((r * 2 + g) * kept.cap + j) * 4];
+                let value = |j: usize| kept.v[((r * 2 + g) * kept.cap + j) * 4];
+                for j in 0..5 {
+                    assert_eq!(key(j), (1000 + g * 100 + j) as f32);
+                    assert_eq!(value(j), (1000 + g * 100 + j) as f32 + 0.5);
+                }
+                assert_eq!((key(5), key(6)), (-((r * 10) as f32), -((r * 10 + 1) as f32)));
+            }
+        }
+        // Distinct rows are copied, not shared.
+        assert_eq!(kv.select_rows(&[1, 0], 5).shared(), 0);
+    }
 }

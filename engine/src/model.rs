@@ -576,7 +576,7 @@ impl KvCache {
         if let Some(&bad) = rows.iter().find(|&&r| r >= self.batch_size()) {
             return Err(Error::InvalidInput(format!("row {bad} of a cache of {} rows", self.batch_size())));
         }
-        let host = self.host.iter().map(|l| l.as_ref().map(|l| l.select_rows(rows))).collect();
+        let host = self.host.iter().map(|l| l.as_ref().map(|l| l.select_rows(rows, self.len))).collect();
         let first = self.layers.iter().flatten().next();
         let device = match first {
             Some(l) => l.k.device().clone(),

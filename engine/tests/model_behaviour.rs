@@ -78,6 +78,16 @@ fn cache_rows_can_be_fanned_out_and_dropped() {
         let want = m.forward(&row(&s), &[0]).unwrap().squeeze(0).unwrap().get(s.len() - 1).unwrap();
         assert!(max_abs_diff(&got.get(r).unwrap(), &want) < 1e-3, "row {r}");
     }
+    // The group shares the prompt's keys and values; a step of several
+    // tokens copies them back into each row and goes on from there.
+    let h = m.forward_cached(&Tensor::new(&[[7u32, 8], [9, 10]], &Device::Cpu).unwrap(), &mut kept).unwrap();
+    let got = m.logits(&h.narrow(1, 1, 1).unwrap()).unwrap().squeeze(1).unwrap();
+    for (r, tail) in [(0usize, [33u32, 5, 7, 8]), (1, [11, 5, 9, 10])] {
+        let mut s = prompt.clone();
+        s.extend(tail);
+        let want = m.forward(&row(&s), &[0]).unwrap().squeeze(0).unwrap().get(s.len() - 1).unwrap();
+        assert!(max_abs_diff(&got.get(r).unwrap(), &want) < 1e-3, "row {r} after a two-token step");
+    }
 }
 
 #[test]
