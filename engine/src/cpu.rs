@@ -620,9 +620,19 @@ fn attend_one(q: &[f32], s: Shape, kv: Kv, left_pad: &[usize], scale: f32, out: 
             group(bg, o, &mut scores);
         }
     } else {
-        out.par_chunks_exact_mut(groups * d)
-            .enumerate()
-            .for_each_init(|| Vec::with_capacity(groups * kv.len), |scores, (bg, o)| group(bg, o, scores));
+        // Kv head by kv head, so the rows that share a prompt prefix read
+        // the same keys and values one after another (from L2, not L3).
+        let optr = SendPtr(out.as_mut_ptr());
+        (0..b * nkv).into_par_iter().for_each_init(
+            || Vec::with_capacity(groups * kv.len),
+            |scores, task| {
+                let bg = (task % b) * nkv + task / b;
+                // SAFETY: `out` holds `b·nkv` chunks of `groups·d` values and
+                // each task writes only its own chunk `bg`.
+                let o = unsafe { std::slice::from_raw_parts_mut(optr.get().add(bg * groups * d), groups * d) };
+                group(bg, o, scores);
+            },
+        );
     }
 }
 
@@ -675,8 +685,8 @@ impl Group<'_> {
         }
     }
 
-    /// Four keys at a time per head, one accumulator each, reduced
-    /// together at the end.
+    /// Eight keys at a time per head, one accumulator each (eight
+    /// multiply-adds in flight), reduced together at the end.
     ///
     /// # Safety
     /// AVX2 and FMA are present; `d` is a multiple of 8.
@@ -687,32 +697,28 @@ impl Group<'_> {
         let (n, d, st) = (self.n, self.d, self.stride);
         assert!(self.k.len() >= (n - 1) * st + d && col + n <= width && scores.len() >= self.q.len() / d * width);
         // SAFETY: every key read is inside `self.k` (asserted above), every
-        // query read inside its head's `d` values.
+        // query read inside its head's `d` values, every write inside `sh`.
         unsafe {
-            let hsum = |v: __m256| {
-                let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-                _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-            };
+            let k = self.k.as_ptr();
+            let sc = _mm256_set1_ps(scale);
             for (qh, sh) in self.q.chunks_exact(d).zip(scores.chunks_exact_mut(width)) {
                 let sh = &mut sh[col..col + n];
-                let k = self.k.as_ptr();
                 let mut j = 0;
-                while j + 4 <= n {
-                    let mut acc = [_mm256_setzero_ps(); 4];
+                while j + 8 <= n {
+                    let mut a = [_mm256_setzero_ps(); 8];
                     for c in (0..d).step_by(8) {
                         let qv = _mm256_loadu_ps(qh.as_ptr().add(c));
-                        for (r, a) in acc.iter_mut().enumerate() {
-                            *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k.add((j + r) * st + c)), *a);
+                        for (r, acc) in a.iter_mut().enumerate() {
+                            *acc = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k.add((j + r) * st + c)), *acc);
                         }
                     }
-                    // [s0 s1 s2 s3] from the four accumulators' lanes.
-                    let h01 = _mm256_hadd_ps(acc[0], acc[1]);
-                    let h23 = _mm256_hadd_ps(acc[2], acc[3]);
-                    let h = _mm256_hadd_ps(h01, h23);
-                    let s4 = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-                    _mm_storeu_ps(sh.as_mut_ptr().add(j), _mm_mul_ps(s4, _mm_set1_ps(scale)));
-                    j += 4;
+                    // Lane sums of the eight accumulators, in key order.
+                    let u0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+                    let u1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+                    let lo = _mm256_permute2f128_ps::<0x20>(u0, u1);
+                    let hi = _mm256_permute2f128_ps::<0x31>(u0, u1);
+                    _mm256_storeu_ps(sh.as_mut_ptr().add(j), _mm256_mul_ps(_mm256_add_ps(lo, hi), sc));
+                    j += 8;
                 }
                 while j < n {
                     let mut acc = _mm256_setzero_ps();
@@ -723,46 +729,68 @@ impl Group<'_> {
                             acc,
                         );
                     }
-                    sh[j] = hsum(acc) * scale;
+                    let s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+                    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+                    sh[j] = _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2))) * scale;
                     j += 1;
                 }
             }
         }
     }
 
-    /// 32 output values per pass over the values, in four accumulators.
+    /// 64 (else 32) output values per pass over the values, one
+    /// accumulator per eight.
     ///
     /// # Safety
     /// AVX2 and FMA are present; `d` is a multiple of 32.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn mix_avx2(&self, p: &[f32], width: usize, col: usize, out: &mut [f32], add: bool) {
-        use std::arch::x86_64::*;
         let (n, d, st) = (self.n, self.d, self.stride);
         assert!(self.v.len() >= (n - 1) * st + d && col + n <= width && p.len() >= out.len() / d * width);
-        // SAFETY: every value read is inside `self.v` (asserted above),
-        // every write inside its head's `d` outputs.
-        unsafe {
-            for (oh, ph) in out.chunks_exact_mut(d).zip(p.chunks_exact(width)) {
-                let ph = &ph[col..col + n];
-                for c in (0..d).step_by(32) {
-                    // Continuing from the earlier run's sums keeps the order
-                    // of the additions that of one run over all keys.
-                    let mut acc: [__m256; 4] = std::array::from_fn(|i| {
-                        if add { _mm256_loadu_ps(oh.as_ptr().add(c + 8 * i)) } else { _mm256_setzero_ps() }
-                    });
-                    let v = self.v.as_ptr().add(c);
-                    for (j, &w) in ph.iter().enumerate() {
-                        let wv = _mm256_set1_ps(w);
-                        for (i, a) in acc.iter_mut().enumerate() {
-                            *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(v.add(j * st + 8 * i)), *a);
-                        }
-                    }
-                    for (i, a) in acc.iter().enumerate() {
-                        _mm256_storeu_ps(oh.as_mut_ptr().add(c + 8 * i), *a);
+        for (oh, ph) in out.chunks_exact_mut(d).zip(p.chunks_exact(width)) {
+            let ph = &ph[col..col + n];
+            let mut c = 0;
+            while c < d {
+                // SAFETY: values `c..c + A·8` of every row read lie inside
+                // `self.v` (asserted above), the outputs inside `oh`.
+                unsafe {
+                    if d - c >= 64 {
+                        mix_run::<8>(ph, self.v.as_ptr().add(c), st, oh.as_mut_ptr().add(c), add);
+                        c += 64;
+                    } else {
+                        mix_run::<4>(ph, self.v.as_ptr().add(c), st, oh.as_mut_ptr().add(c), add);
+                        c += 32;
                     }
                 }
             }
+        }
+    }
+}
+
+/// `out[..8A] (+)= Σ_j w_j · v[j·stride..][..8A]`. Continuing from the
+/// earlier run's sums (`add`) keeps the order of the additions that of one
+/// run over all keys.
+///
+/// # Safety
+/// AVX2 and FMA are present; `v` holds `w.len()` rows of `8A` floats at
+/// `stride`, and `out` `8A` floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn mix_run<const A: usize>(w: &[f32], v: *const f32, stride: usize, out: *mut f32, add: bool) {
+    use std::arch::x86_64::*;
+    // SAFETY: see the function's contract.
+    unsafe {
+        let mut acc: [__m256; A] =
+            std::array::from_fn(|i| if add { _mm256_loadu_ps(out.add(8 * i)) } else { _mm256_setzero_ps() });
+        for (j, &wj) in w.iter().enumerate() {
+            let wv = _mm256_set1_ps(wj);
+            for (i, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(v.add(j * stride + 8 * i)), *a);
+            }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.add(8 * i), *a);
         }
     }
 }
