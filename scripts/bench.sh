@@ -14,15 +14,9 @@ cargo run --quiet --release -p rlt-engine --example bench
 
 echo "== question page render (rlt-bench-pages)"
 cargo build --quiet --release -p rlt-tests --bin rlt-bench-pages
-pg_dir="$(mktemp -d /tmp/rlt-bench-pg.XXXXXX)"
-chmod 755 "$pg_dir"
-cleanup() {
-    "$RLT" --data-dir "$pg_dir" db stop >/dev/null 2>&1 || true
-    rm -rf "$pg_dir"
-}
-trap cleanup EXIT
-DATABASE_URL="$("$RLT" --data-dir "$pg_dir" db start --unsafe-fast 2>/dev/null)" \
-    "$TARGET_DIR/release/rlt-bench-pages" ${BENCH_PAGES_ARGS:-}
+source "$(dirname "$0")/throwaway.sh"
+throwaway_pg rlt-bench-pg 2>/dev/null
+"$TARGET_DIR/release/rlt-bench-pages" ${BENCH_PAGES_ARGS:-}
 
 echo "== static assets, gzip -9 (what a browser downloads)"
 for f in static/pkg/frontend_bg.wasm static/pkg/frontend.js static/style.css \

@@ -18,27 +18,12 @@ if [ ! -x "$VENV/bin/schemathesis" ] || ! "$VENV/bin/schemathesis" --version | g
 fi
 
 # A throwaway server with the demo data, on a free port.
-work="$(mktemp -d /tmp/rlt-fuzz.XXXXXX)"
-chmod 755 "$work"
+source "$(dirname "$0")/throwaway.sh"
+work="$(throwaway_dir rlt-fuzz)"
 mkdir -p "$work/datasets/champ"
 cp "$DATA_DIR/datasets/champ/v0.json" "$work/datasets/champ/"
-out="$work/serve.out"
-RUST_LOG=warn "$RLT" --data-dir "$work" serve --port 0 --workers 0 >"$out" 2>"$work/serve.err" &
-server=$!
-cleanup() {
-    kill -TERM "$server" 2>/dev/null || true
-    wait "$server" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-for _ in $(seq 1 120); do
-    url="$(sed -n 's/.*running at \(http[^ ]*\)/\1/p' "$out" | head -n1)"
-    [ -n "$url" ] && break
-    kill -0 "$server" 2>/dev/null || { cat "$work/serve.err" >&2; exit 1; }
-    sleep 0.5
-done
-[ -n "$url" ] || { echo "the server did not start" >&2; exit 1; }
+throwaway_server "$work" --workers 0
 
-"$VENV/bin/schemathesis" run "${url%/}/api/v1/openapi.json" \
+"$VENV/bin/schemathesis" run "$URL/api/v1/openapi.json" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
     --max-examples "$MAX_EXAMPLES" --workers 2 --no-color

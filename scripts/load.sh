@@ -13,27 +13,13 @@ SECONDS_TO_RUN="${LOAD_SECONDS:-20}"
 THINK_MS="${LOAD_THINK_MS:-1000}"
 MAX_P95_MS="${LOAD_MAX_P95_MS:-100}"
 
-work="$(mktemp -d /tmp/rlt-load.XXXXXX)"
-chmod 755 "$work"
+source "$(dirname "$0")/throwaway.sh"
+work="$(throwaway_dir rlt-load)"
 mkdir -p "$work/datasets/champ" "$work/models"
 cp "$DATA_DIR/datasets/champ/v0.json" "$work/datasets/champ/"
 ln -s "$DATA_DIR/models/SmolLM2-135M-Instruct.Q4_1.gguf" "$work/models/"
-RUST_LOG=warn "$RLT" --data-dir "$work" serve --port 0 --workers 1 >"$work/serve.out" 2>"$work/serve.err" &
-server=$!
-cleanup() {
-    kill -TERM "$server" 2>/dev/null || true
-    wait "$server" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-url=""
-for _ in $(seq 1 120); do
-    url="$(sed -n 's/.*running at \(http[^ ]*\)/\1/p' "$work/serve.out" | head -n1)"
-    [ -n "$url" ] && break
-    kill -0 "$server" 2>/dev/null || { cat "$work/serve.err" >&2; exit 1; }
-    sleep 0.5
-done
-url="${url%/}"
+throwaway_server "$work" --workers 1
+url="$URL"
 
 # Keep the worker busy: a generate job over all of CHAMP with long samples.
 json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
