@@ -259,7 +259,7 @@ impl HostKv {
         if needed <= self.cap {
             return;
         }
-        let cap = needed.max(64).next_power_of_two().min(max_len.max(needed));
+        let cap = capacity_for(needed, max_len);
         let mut grown = HostKv { prefix: self.prefix.clone(), ..HostKv::new(self.rows, self.kv_heads, cap, self.d) };
         for rh in 0..self.rows * self.kv_heads {
             let n = len * self.d;
@@ -274,7 +274,7 @@ impl HostKv {
     fn unshare(&mut self, len: usize, max_len: usize) {
         let Some(prefix) = self.prefix.take() else { return };
         let (p, own, d) = (prefix.len, len - prefix.len, self.d);
-        let cap = len.max(64).next_power_of_two().min(max_len.max(len));
+        let cap = capacity_for(len, max_len);
         let mut full = HostKv::new(self.rows, self.kv_heads, cap, d);
         for r in 0..self.rows {
             for g in 0..self.kv_heads {
@@ -287,6 +287,12 @@ impl HostKv {
         }
         *self = full;
     }
+}
+
+/// Room for `needed` positions: doubling (from 64), so a long generation
+/// does not copy the cache on every token, but never past the context.
+fn capacity_for(needed: usize, max_len: usize) -> usize {
+    needed.max(64).next_power_of_two().min(max_len.max(needed))
 }
 
 /// Keys and values as attention reads them: key `j` of batch row `b`, kv
@@ -304,7 +310,7 @@ struct Kv<'a> {
 }
 
 /// Queries per attention block in a prefill: the block's scores
-/// (`QUERY_BLOCK × keys`) stay in L2 between the three passes over them.
+/// (`QUERY_BLOCK × keys`) stay in L2 between the passes over them.
 const QUERY_BLOCK: usize = 48;
 
 /// Rows of `A` per lm_head task: the packed activations (`MC × 320`
