@@ -5,6 +5,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::error::{Error, Result};
+use crate::kernels;
 
 /// Validated sampling settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -63,14 +64,15 @@ impl Sampler {
         }
         let greedy = self.params.temperature == 0.0;
         let inv_t = if greedy { 1.0 } else { (1.0 / self.params.temperature) as f32 };
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        // A vocabulary-sized pass per row and token: vectorised, as the
+        // teacher-forced log-probs are, so both agree on the normaliser.
+        let max = kernels::max_of(logits);
         if !max.is_finite() {
             return Err(Error::InvalidInput("logits contain no finite value".into()));
         }
         self.probs.clear();
-        self.probs.extend(logits.iter().map(|&l| (l - max) * inv_t));
-        crate::kernels::exp_in_place(&mut self.probs);
-        let sum: f64 = self.probs.iter().map(|&p| p as f64).sum();
+        self.probs.extend_from_slice(logits);
+        let sum = kernels::exp_sum(&mut self.probs, max, inv_t) as f64;
         let log_sum = sum.ln() as f32;
         let logprob_of = |tok: usize| (logits[tok] - max) * inv_t - log_sum;
 
@@ -124,20 +126,48 @@ impl Sampler {
             }
             chosen as usize
         } else {
-            let u = self.rng.random::<f64>() * sum;
-            let mut acc = 0f64;
-            let mut chosen = argmax(logits);
-            for (t, &p) in self.probs.iter().enumerate() {
-                acc += p as f64;
-                if acc > u && p > 0.0 {
-                    chosen = t;
-                    break;
-                }
-            }
-            chosen
+            // Drawn against the same f64 sums the search adds up.
+            let u = self.rng.random::<f64>() * sum_f64(&self.probs);
+            inverse_cdf(&self.probs, u).unwrap_or_else(|| argmax(logits))
         };
         Ok(Sampled { token: token as u32, logprob: logprob_of(token) })
     }
+}
+
+/// The first token whose cumulative probability passes `u`: whole blocks
+/// are skipped on their sums and only the block that passes `u` is walked
+/// token by token.
+fn inverse_cdf(probs: &[f32], u: f64) -> Option<usize> {
+    const BLOCK: usize = 256;
+    let mut acc = 0f64;
+    for (b, block) in probs.chunks(BLOCK).enumerate() {
+        let s = sum_f64(block);
+        if acc + s <= u {
+            acc += s;
+            continue;
+        }
+        // The walk adds in another order than the block sum, so a block
+        // that does not pass after all hands on to the next.
+        for (j, &p) in block.iter().enumerate() {
+            acc += p as f64;
+            if acc > u && p > 0.0 {
+                return Some(b * BLOCK + j);
+            }
+        }
+    }
+    None
+}
+
+/// `Σ xs` in f64 (eight lanes, so it vectorises).
+fn sum_f64(xs: &[f32]) -> f64 {
+    let mut lanes = [0f64; 8];
+    let mut chunks = xs.chunks_exact(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            lanes[i] += c[i] as f64;
+        }
+    }
+    lanes.iter().sum::<f64>() + chunks.remainder().iter().map(|&x| x as f64).sum::<f64>()
 }
 
 fn argmax(xs: &[f32]) -> usize {
@@ -188,6 +218,24 @@ mod tests {
         }
         assert_eq!(seen[2], 0);
         assert!(seen[1] > 400 && seen[0] > 900, "{seen:?}");
+    }
+
+    #[test]
+    fn inverse_cdf_matches_a_walk_over_every_token() {
+        let mut rng = StdRng::seed_from_u64(5);
+        // Zeros included: a token of probability 0 is never chosen.
+        let probs: Vec<f32> = (0..1000).map(|i| if i % 7 == 0 { 0.0 } else { rng.random::<f32>() }).collect();
+        let total: f64 = probs.iter().map(|&p| p as f64).sum();
+        for k in 0..500 {
+            let u = total * k as f64 / 500.0;
+            let mut acc = 0f64;
+            let walk = probs.iter().position(|&p| {
+                acc += p as f64;
+                acc > u && p > 0.0
+            });
+            assert_eq!(inverse_cdf(&probs, u), walk, "u = {u}");
+        }
+        assert_eq!(inverse_cdf(&probs, total * 2.0), None);
     }
 
     #[test]

@@ -105,9 +105,11 @@ fn stop_strings_cut_the_text() {
 #[test]
 fn quantized_model_generates_too() {
     let lm = common::q8_model();
-    let params = GenerateParams { n: 4, max_new_tokens: 8, seed: 5, ..Default::default() };
+    // Nine rows: enough for a decoding step to run as independent passes
+    // over parts of the group (see `cpu::rows_per_part`), of unequal size.
+    let params = GenerateParams { n: 9, max_new_tokens: 8, seed: 5, ..Default::default() };
     let out = generate(&lm.model, &lm.tokenizer, &[prompt("Hi!")], &params, |_| {}).unwrap();
-    assert_eq!(out.len(), 4);
+    assert_eq!(out.len(), 9);
     assert!(out.iter().all(|c| !c.token_ids.is_empty()));
     // The 8-bit kernels give a row the same numbers alone as in a batch,
     // so a group decoded together is the group decoded one by one.
