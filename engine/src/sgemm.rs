@@ -20,7 +20,12 @@
 //!
 //! The AVX2/FMA kernel is chosen at run time ([`supported`]); a portable
 //! kernel with the same packing keeps the code correct elsewhere (the
-//! model only uses this path where the fast kernel runs).
+//! model only uses this path where the fast kernel runs). On CPUs with
+//! AVX-512 two adjacent panels of `B` go through one 6×32 tile of twelve
+//! 512-bit accumulators (Intel's server cores have two 512-bit FMA units,
+//! so AVX2 would leave half the machine idle). It adds in exactly the
+//! AVX2 kernel's order, and is only used after it has given bit-identical
+//! results to the AVX2 kernel on this CPU (see [`kernels`]).
 
 use std::cell::RefCell;
 
@@ -50,6 +55,51 @@ pub(crate) fn supported() -> bool {
     {
         false
     }
+}
+
+/// The register kernels a product runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernels {
+    Portable,
+    Avx2,
+    /// AVX2 on single panels, AVX-512 on pairs of panels.
+    Avx512,
+    /// Pairs of panels, each pair done by two AVX2 tiles: tests the
+    /// pairing on CPUs without AVX-512.
+    #[cfg(test)]
+    Avx2Pairs,
+}
+
+impl Kernels {
+    fn fast(self) -> bool {
+        self != Kernels::Portable
+    }
+
+    fn pairs(self) -> bool {
+        #[cfg(test)]
+        if self == Kernels::Avx2Pairs {
+            return true;
+        }
+        self == Kernels::Avx512
+    }
+}
+
+/// The best kernels this CPU runs correctly, decided once.
+fn kernels() -> Kernels {
+    static KERNELS: std::sync::OnceLock<Kernels> = std::sync::OnceLock::new();
+    *KERNELS.get_or_init(|| {
+        if !supported() {
+            return Kernels::Portable;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            if avx512_agrees() {
+                return Kernels::Avx512;
+            }
+            tracing::warn!("the AVX-512 matmul kernel disagrees with the AVX2 one on this CPU; using AVX2");
+        }
+        Kernels::Avx2
+    })
 }
 
 /// A growable f32 buffer whose contents start on a 64-byte boundary.
@@ -365,10 +415,18 @@ fn with_scratch<R>(f: impl FnOnce(&mut AlignedBuf, &mut AlignedBuf) -> R) -> R {
 /// Computes one task's block of `C` into `c` (row stride `ldc`):
 /// `C = A·B`, or `C += A·B` when `accumulate`.
 #[allow(clippy::too_many_arguments)]
-fn run_block(a: AView, b: BView, blk: Block, c: *mut f32, ldc: usize, accumulate: bool, abuf: &mut AlignedBuf) {
+fn run_block(
+    a: AView,
+    b: BView,
+    blk: Block,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    abuf: &mut AlignedBuf,
+    kern: Kernels,
+) {
     let k = a.k;
     let kc_max = kc_for(k);
-    let fast = supported();
     let panels = b.n.div_ceil(NR);
     let p0 = blk.j0 / NR;
     let p1 = (blk.j0 + blk.cols).div_ceil(NR).min(panels);
@@ -378,7 +436,11 @@ fn run_block(a: AView, b: BView, blk: Block, c: *mut f32, ldc: usize, accumulate
         let kc = kc_max.min(k - k0);
         pack_a(a, blk.i0, blk.rows, k0, kc, abuf.as_mut_slice());
         let ap = abuf.as_slice();
-        for p in p0..p1 {
+        let mut p = p0;
+        while p < p1 {
+            // Blocks end on a panel boundary or at `n`, so a second full
+            // panel before `p1` lies inside the block.
+            let pair = kern.pairs() && p + 1 < p1 && (p + 2) * NR <= b.n;
             let bp = &b.data[p * b.ps + k0 * NR..][..kc * NR];
             let jc = p * NR - blk.j0;
             let cols = NR.min(b.n - p * NR);
@@ -387,12 +449,20 @@ fn run_block(a: AView, b: BView, blk: Block, c: *mut f32, ldc: usize, accumulate
                 let ai = &ap[ip * kc * MR..][..kc * MR];
                 // SAFETY: the tile lies inside the caller's block of C (rows
                 // < blk.rows, columns < blk.cols), which only this task
-                // writes; `ai` and `bp` hold kc steps of MR and NR floats.
+                // writes; `ai` holds kc steps of MR floats, `bp` (and `bq`)
+                // kc steps of NR.
                 unsafe {
                     let cp = c.add(ip * MR * ldc + jc);
-                    tile(fast, kc, ai.as_ptr(), bp.as_ptr(), cp, ldc, rows, cols, accumulate || k0 > 0);
+                    let acc = accumulate || k0 > 0;
+                    if pair {
+                        let bq = &b.data[(p + 1) * b.ps + k0 * NR..][..kc * NR];
+                        tile_pair(kern, kc, ai.as_ptr(), bp.as_ptr(), bq.as_ptr(), cp, ldc, rows, acc);
+                    } else {
+                        tile(kern.fast(), kc, ai.as_ptr(), bp.as_ptr(), cp, ldc, rows, cols, acc);
+                    }
                 }
             }
+            p += if pair { 2 } else { 1 };
         }
         k0 += kc;
     }
@@ -417,6 +487,15 @@ pub(crate) fn gemm(a: AView, b: BView, c: &mut [f32], ldc: usize, accumulate: bo
 /// `c` must be valid for writes of rows `0..a.m`, columns `0..b.n` at row
 /// stride `ldc`, and nothing else may access those elements meanwhile.
 pub(crate) unsafe fn gemm_ptr(a: AView, b: BView, c: *mut f32, ldc: usize, accumulate: bool, parallel: bool) {
+    // SAFETY: forwarded.
+    unsafe { gemm_with(kernels(), a, b, c, ldc, accumulate, parallel) }
+}
+
+/// [`gemm_ptr`] on the given kernels.
+///
+/// # Safety
+/// As for [`gemm_ptr`].
+unsafe fn gemm_with(kern: Kernels, a: AView, b: BView, c: *mut f32, ldc: usize, accumulate: bool, parallel: bool) {
     assert_eq!(a.k, b.k, "gemm: inner dimensions differ");
     let (m, n) = (a.m, b.n);
     if m == 0 || n == 0 {
@@ -438,7 +517,7 @@ pub(crate) unsafe fn gemm_ptr(a: AView, b: BView, c: *mut f32, ldc: usize, accum
         with_scratch(|abuf, _| {
             // SAFETY: blocks of different tasks are disjoint and inside C.
             let cp = unsafe { cptr.get().add(blk.i0 * ldc + blk.j0) };
-            run_block(a, b, blk, cp, ldc, accumulate, abuf)
+            run_block(a, b, blk, cp, ldc, accumulate, abuf, kern)
         })
     };
     let tasks = plan.tasks();
@@ -477,7 +556,7 @@ where
             if a.k == 0 {
                 cbuf.as_mut_slice().fill(0.0);
             } else {
-                run_block(a, b, blk, cbuf.as_mut_slice().as_mut_ptr(), blk.cols, false, abuf);
+                run_block(a, b, blk, cbuf.as_mut_slice().as_mut_ptr(), blk.cols, false, abuf, kernels());
             }
             f(blk, cbuf.as_slice())
         })
@@ -521,6 +600,116 @@ unsafe fn tile(
             }
         }
     }
+}
+
+/// Two full register tiles side by side: `rows × 2·NR` of `C` at `c`
+/// from the adjacent panels `b0` and `b1`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn tile_pair(
+    kern: Kernels,
+    kc: usize,
+    a: *const f32,
+    b0: *const f32,
+    b1: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    acc: bool,
+) {
+    // SAFETY: the caller guarantees both tiles' extent (see run_block).
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        if kern == Kernels::Avx512 {
+            match rows {
+                6 => kernel_avx512::<6>(kc, a, b0, b1, c, ldc, acc),
+                5 => kernel_avx512::<5>(kc, a, b0, b1, c, ldc, acc),
+                4 => kernel_avx512::<4>(kc, a, b0, b1, c, ldc, acc),
+                3 => kernel_avx512::<3>(kc, a, b0, b1, c, ldc, acc),
+                2 => kernel_avx512::<2>(kc, a, b0, b1, c, ldc, acc),
+                _ => kernel_avx512::<1>(kc, a, b0, b1, c, ldc, acc),
+            }
+            return;
+        }
+        kernel_rows(kern.fast(), rows, kc, a, b0, c, ldc, acc);
+        kernel_rows(kern.fast(), rows, kc, a, b1, c.add(NR), ldc, acc);
+    }
+}
+
+/// `R × 32` of `C` from `kc` steps of packed `A` (stride `MR`) and two
+/// panels of `B` (stride `NR`): each output is the same chain of FMAs in
+/// the same order as in [`kernel_avx2`], so the results are identical.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel_avx512<const R: usize>(
+    kc: usize,
+    mut a: *const f32,
+    mut b0: *const f32,
+    mut b1: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: see `tile_pair`; unaligned loads, so any panel start works.
+    unsafe {
+        let mut c0 = [_mm512_setzero_ps(); R];
+        let mut c1 = [_mm512_setzero_ps(); R];
+        for _ in 0..kc {
+            let x0 = _mm512_loadu_ps(b0);
+            let x1 = _mm512_loadu_ps(b1);
+            for i in 0..R {
+                let ai = _mm512_set1_ps(*a.add(i));
+                c0[i] = _mm512_fmadd_ps(ai, x0, c0[i]);
+                c1[i] = _mm512_fmadd_ps(ai, x1, c1[i]);
+            }
+            a = a.add(MR);
+            b0 = b0.add(NR);
+            b1 = b1.add(NR);
+        }
+        for i in 0..R {
+            let p = c.add(i * ldc);
+            if acc {
+                c0[i] = _mm512_add_ps(c0[i], _mm512_loadu_ps(p));
+                c1[i] = _mm512_add_ps(c1[i], _mm512_loadu_ps(p.add(NR)));
+            }
+            _mm512_storeu_ps(p, c0[i]);
+            _mm512_storeu_ps(p.add(NR), c1[i]);
+        }
+    }
+}
+
+/// Whether the AVX-512 kernel gives bit for bit what two AVX2 tiles give,
+/// for every row count, overwriting and accumulating. Run once before the
+/// kernel is trusted: it cannot be exercised on a CPU without AVX-512, so
+/// a CPU that has it checks it against the kernel every CPU runs.
+#[cfg(target_arch = "x86_64")]
+fn avx512_agrees() -> bool {
+    let kc = 37;
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    };
+    let a: Vec<f32> = (0..kc * MR).map(|_| next()).collect();
+    let b: Vec<f32> = (0..2 * kc * NR).map(|_| next()).collect();
+    let ldc = 2 * NR + 3;
+    let start: Vec<f32> = (0..MR * ldc).map(|_| next()).collect();
+    (1..=MR).all(|rows| {
+        [false, true].into_iter().all(|acc| {
+            let (mut wide, mut narrow) = (start.clone(), start.clone());
+            let (b0, b1) = (b.as_ptr(), b[kc * NR..].as_ptr());
+            // SAFETY: AVX-512F was detected by the caller and AVX2/FMA by
+            // `supported`; both outputs hold `rows` rows of `2·NR` at `ldc`.
+            unsafe {
+                tile_pair(Kernels::Avx512, kc, a.as_ptr(), b0, b1, wide.as_mut_ptr(), ldc, rows, acc);
+                tile_pair(Kernels::Avx2, kc, a.as_ptr(), b0, b1, narrow.as_mut_ptr(), ldc, rows, acc);
+            }
+            wide.iter().zip(&narrow).all(|(x, y)| x.to_bits() == y.to_bits())
+        })
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -662,6 +851,68 @@ mod tests {
                 for (x, y) in c.iter().zip(&want) {
                     assert!((x - 2.0 * y).abs() < 2e-4 * (k as f32).sqrt());
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn paired_panels_give_what_single_panels_give() {
+        if !supported() {
+            return;
+        }
+        // Odd panel counts, a ragged last panel, several row blocks and
+        // column chunks; on an AVX-512 CPU `kernels()` pairs for real.
+        for &(m, n, k) in &[(7, 33, 70), (9, 56, 40), (13, 48, 576), (150, 120, 700), (5, 16, 3), (6, 64, 1), (200, 1000, 64)] {
+            let a = rnd(m * k, 7);
+            let b = PackedB::from_rows(&rnd(n * k, 8), n, k);
+            for (accumulate, parallel) in [(false, false), (true, true), (false, true)] {
+                let start = rnd(m * n, 9);
+                let (mut single, mut paired) = (start.clone(), start);
+                // SAFETY: both outputs are `m × n` at stride `n`.
+                unsafe {
+                    gemm_with(
+                        Kernels::Avx2,
+                        AView::new(&a, m, k, k),
+                        b.view(),
+                        single.as_mut_ptr(),
+                        n,
+                        accumulate,
+                        parallel,
+                    );
+                    gemm_with(
+                        kernels(),
+                        AView::new(&a, m, k, k),
+                        b.view(),
+                        paired.as_mut_ptr(),
+                        n,
+                        accumulate,
+                        parallel,
+                    );
+                }
+                assert!(single.iter().zip(&paired).all(|(x, y)| x.to_bits() == y.to_bits()), "{m}x{n}x{k}");
+                let mut emulated = vec![0f32; m * n];
+                // SAFETY: as above.
+                unsafe {
+                    gemm_with(
+                        Kernels::Avx2Pairs,
+                        AView::new(&a, m, k, k),
+                        b.view(),
+                        emulated.as_mut_ptr(),
+                        n,
+                        false,
+                        parallel,
+                    );
+                    gemm_with(
+                        Kernels::Avx2,
+                        AView::new(&a, m, k, k),
+                        b.view(),
+                        single.as_mut_ptr(),
+                        n,
+                        false,
+                        parallel,
+                    );
+                }
+                assert!(single.iter().zip(&emulated).all(|(x, y)| x.to_bits() == y.to_bits()), "{m}x{n}x{k}");
             }
         }
     }
