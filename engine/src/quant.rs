@@ -297,8 +297,8 @@ impl Format for Q4 {
     }
 
     unsafe fn tile<const R: usize, const C: usize>(w: &PanelMatrix<Self>, acts: &Acts, at: TileAt) {
-        // SAFETY: forwarded contract.
-        unsafe { q4_tile::<R, C>(w, acts, at) }
+        // SAFETY: forwarded contract; `vnni` only where [`vnni`] said so.
+        unsafe { if at.vnni { q4_tile_vnni::<R, C>(w, acts, at) } else { q4_tile::<R, C>(w, acts, at) } }
     }
 }
 
@@ -320,8 +320,8 @@ impl Format for Q8 {
     }
 
     unsafe fn tile<const R: usize, const C: usize>(w: &PanelMatrix<Self>, acts: &Acts, at: TileAt) {
-        // SAFETY: forwarded contract.
-        unsafe { q8_tile::<R, C>(w, acts, at) }
+        // SAFETY: forwarded contract; `vnni` only where [`vnni`] said so.
+        unsafe { if at.vnni { q8_tile_vnni::<R, C>(w, acts, at) } else { q8_tile::<R, C>(w, acts, at) } }
     }
 }
 
@@ -437,6 +437,7 @@ impl<F: Format> PanelMatrix<F> {
     /// rows, and writes its columns straight into `out`.
     pub(crate) fn matmul_into(&self, x: &[f32], m: usize, out: &mut [f32], add: bool) {
         assert!(x.len() >= m * self.k && out.len() >= m * self.n, "quantized matmul: buffers too small");
+        let vnni = vnni();
         with_acts(x, m, self.k, F::MINS, |acts| {
             let out_ptr = SendPtr(out.as_mut_ptr());
             // One row (decoding) is bound by memory: more panels per call
@@ -457,7 +458,8 @@ impl<F: Format> PanelMatrix<F> {
                             // inside the panels, rows and `out` (checked
                             // above); each output element belongs to one
                             // tile of one task.
-                            let at = TileAt { p0: p, r0: r, out: out_ptr.get(), ld: self.n, add, prefetch: r == rb };
+                            let at =
+                                TileAt { p0: p, r0: r, out: out_ptr.get(), ld: self.n, add, prefetch: r == rb, vnni };
                             unsafe { dispatch::<F>(rr, c, self, acts, at) };
                             r += rr;
                         }
@@ -564,7 +566,8 @@ fn run_chunks<F: Fn(usize, usize) + Sync>(n: usize, step: usize, chunk: F) {
 
 /// Where a kernel call writes: `R` activation rows from `r0` against `C`
 /// panels from `p0`, into `out` (row stride `ld`), overwriting or adding;
-/// `prefetch` on the first row tile of a pass.
+/// `prefetch` on the first row tile of a pass; `vnni` to run the
+/// AVX512-VNNI variant (see [`vnni`]).
 #[derive(Clone, Copy)]
 pub(crate) struct TileAt {
     p0: usize,
@@ -573,6 +576,72 @@ pub(crate) struct TileAt {
     ld: usize,
     add: bool,
     prefetch: bool,
+    vnni: bool,
+}
+
+/// Whether the AVX512-VNNI kernels run here: the CPU has them and they
+/// gave bit for bit what the AVX2 kernels give (checked once, see
+/// [`vnni_agrees`]; they cannot be exercised on a CPU without them).
+fn vnni() -> bool {
+    static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *VNNI.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        if supported() && std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl") {
+            if vnni_agrees() {
+                return true;
+            }
+            tracing::warn!("the AVX512-VNNI quantized kernels disagree with the AVX2 ones on this CPU; using AVX2");
+        }
+        false
+    })
+}
+
+/// Runs every tile shape of both formats through the AVX2 and the VNNI
+/// kernels on random weights (codes -128 and 15 included) and
+/// activations, overwriting and adding, and compares the bits.
+#[cfg(target_arch = "x86_64")]
+fn vnni_agrees() -> bool {
+    let (n, k, m) = (4 * PANEL - 3, 3 * Q8_BLOCK, 4);
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let x: Vec<f32> = (0..m * k).map(|_| (next() >> 40) as f32 / (1u64 << 22) as f32 - 2.0).collect();
+    let mut q4 = Q4Matrix::zeroed(n, k).expect("k is a multiple of 32");
+    let mut q8 = Q8Matrix::zeroed(n, k).expect("k is a multiple of 32");
+    for row in 0..n {
+        for b in 0..k / Q8_BLOCK {
+            let codes: [u8; Q8_BLOCK] = std::array::from_fn(|_| next() as u8);
+            let d = f32_to_f16(((next() >> 40) as f32 / (1u64 << 24) as f32 + 0.01) * 0.1);
+            let min = f32_to_f16(-((next() >> 40) as f32) / (1u64 << 24) as f32);
+            q4.set(row, b, &RowBlock { codes: codes.map(|c| c & 0x0f), d, min });
+            q8.set(row, b, &RowBlock { codes, d, min: 0 });
+        }
+    }
+    let mut acts = Acts { qs: Vec::new(), scales: Vec::new(), sums: Vec::new() };
+    acts.fill(&x, m, k, true);
+    fn agree<F: Format>(w: &PanelMatrix<F>, acts: &Acts, m: usize) -> bool {
+        let start: Vec<f32> = (0..m * w.n).map(|i| i as f32 * 0.25 - 7.0).collect();
+        SHAPES.iter().all(|&(rows, panels)| {
+            [false, true].into_iter().all(|add| {
+                let run = |vnni: bool| {
+                    let mut out = start.clone();
+                    let at = TileAt { p0: 0, r0: 0, out: out.as_mut_ptr(), ld: w.n, add, prefetch: true, vnni };
+                    // SAFETY: AVX2/FMA/F16C and AVX512-VNNI/VL were detected
+                    // by the caller; the tile (at most 4 rows × 4 panels)
+                    // lies inside `w`, `acts` and `out`.
+                    unsafe { dispatch::<F>(rows, panels, w, acts, at) };
+                    out
+                };
+                let (plain, vnni) = (run(false), run(true));
+                plain.iter().zip(&vnni).all(|(x, y)| x.to_bits() == y.to_bits())
+            })
+        })
+    }
+    agree(&q4, &acts, m) && agree(&q8, &acts, m)
 }
 
 /// Calls the kernel for a runtime tile shape (`rows` ≤ 4, `panels` ≤ 4).
@@ -591,6 +660,10 @@ unsafe fn dispatch<F: Format>(rows: usize, panels: usize, w: &PanelMatrix<F>, ac
     // SAFETY: forwarded contract.
     unsafe { shapes!((1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2), (3, 1), (3, 2), (4, 1), (4, 2)) }
 }
+
+/// The tile shapes [`dispatch`] knows, as `(rows, panels)`.
+#[cfg(target_arch = "x86_64")]
+const SHAPES: [(usize, usize); 10] = [(1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2), (3, 1), (3, 2), (4, 1), (4, 2)];
 
 /// The activation pointers and block scales a tile reads.
 #[cfg(target_arch = "x86_64")]
@@ -643,127 +716,180 @@ impl<F: Format> PanelMatrix<F> {
     }
 }
 
-/// Q4_1 tile (see [`Format::tile`]).
-///
-/// # Safety
-/// As for [`Format::tile`].
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-// Index loops over the register tile read closer to the math than iterators.
-#[allow(clippy::needless_range_loop)]
-unsafe fn q4_tile<const R: usize, const C: usize>(w: &PanelMatrix<Q4>, acts: &Acts, at: TileAt) {
-    use std::arch::x86_64::*;
-    let TileAt { p0, r0, out, ld, add, prefetch } = at;
-    // SAFETY: see the function's contract.
-    unsafe {
-        let (kb, pb) = (w.kb, Q4::PANEL_BLOCK);
-        let (panels, rows, next) = w.tile_inputs::<R, C>(acts, p0, r0, prefetch);
-        let low = _mm256_set1_epi8(0x0f);
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_ps(); C]; R];
-        for b in 0..kb {
-            next.block(b);
-            // Exact integer dot products of this block: pair sums of at
-            // most 2·15·127, eight steps, fit in 16 bits.
-            let mut dot = [[_mm256_setzero_si256(); C]; R];
-            // A trip count the optimiser cannot see: fully unrolled, the
-            // loop keeps every unpacked weight vector alive and spills.
-            for v in 0..w.vectors {
-                let raw: [__m256i; C] =
-                    std::array::from_fn(|c| _mm256_loadu_si256(panels[c].add(b * pb + v * 32) as *const __m256i));
-                for half in 0..2 {
-                    let wv: [__m256i; C] = std::array::from_fn(|c| {
-                        if half == 0 {
-                            _mm256_and_si256(raw[c], low)
-                        } else {
-                            _mm256_and_si256(_mm256_srli_epi16::<4>(raw[c]), low)
+/// Defines a Q4_1 tile kernel (see [`Format::tile`]) for the target
+/// features `$features`. `step` adds the products of one vector of
+/// weight codes `w` (0..15) and four broadcast activation bytes `a` into
+/// a block accumulator `dot`; `total` turns a block accumulator into the
+/// eight outputs' 32-bit dot products. Every variant computes the same
+/// exact integers, so they agree bit for bit.
+macro_rules! q4_kernel {
+    ($(#[$attr:meta])* $name:ident, $features:literal,
+     step: |$dot:ident, $w:ident, $a:ident| $step:expr, total: |$t:ident| $total:expr) => {
+        $(#[$attr])*
+        ///
+        /// # Safety
+        /// As for [`Format::tile`], and the CPU has `
+        #[doc = $features]
+        /// `.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        // Index loops over the register tile read closer to the math than
+        // iterators.
+        #[allow(clippy::needless_range_loop)]
+        unsafe fn $name<const R: usize, const C: usize>(w: &PanelMatrix<Q4>, acts: &Acts, at: TileAt) {
+            use std::arch::x86_64::*;
+            let TileAt { p0, r0, out, ld, add, prefetch, .. } = at;
+            // SAFETY: see the function's contract.
+            unsafe {
+                let (kb, pb) = (w.kb, Q4::PANEL_BLOCK);
+                let (panels, rows, next) = w.tile_inputs::<R, C>(acts, p0, r0, prefetch);
+                let low = _mm256_set1_epi8(0x0f);
+                let mut acc = [[_mm256_setzero_ps(); C]; R];
+                for b in 0..kb {
+                    next.block(b);
+                    let mut dot = [[_mm256_setzero_si256(); C]; R];
+                    // A trip count the optimiser cannot see: fully unrolled,
+                    // the loop keeps every unpacked weight vector alive and
+                    // spills.
+                    for v in 0..w.vectors {
+                        let raw: [__m256i; C] = std::array::from_fn(|c| {
+                            _mm256_loadu_si256(panels[c].add(b * pb + v * 32) as *const __m256i)
+                        });
+                        for half in 0..2 {
+                            let wv: [__m256i; C] = std::array::from_fn(|c| {
+                                if half == 0 {
+                                    _mm256_and_si256(raw[c], low)
+                                } else {
+                                    _mm256_and_si256(_mm256_srli_epi16::<4>(raw[c]), low)
+                                }
+                            });
+                            let at = b * Q8_BLOCK + 4 * (2 * v + half);
+                            for r in 0..R {
+                                let $a = _mm256_set1_epi32((rows.qs[r].add(at) as *const i32).read_unaligned());
+                                for c in 0..C {
+                                    let ($dot, $w) = (dot[r][c], wv[c]);
+                                    dot[r][c] = $step;
+                                }
+                            }
                         }
+                    }
+                    let d: [__m256; C] = std::array::from_fn(|c| {
+                        _mm256_cvtph_ps(_mm_loadu_si128(panels[c].add(b * pb + 128) as *const __m128i))
                     });
-                    let at = b * Q8_BLOCK + 4 * (2 * v + half);
+                    let mins: [__m256; C] = std::array::from_fn(|c| {
+                        _mm256_cvtph_ps(_mm_loadu_si128(panels[c].add(b * pb + 144) as *const __m128i))
+                    });
                     for r in 0..R {
-                        let a = _mm256_set1_epi32((rows.qs[r].add(at) as *const i32).read_unaligned());
+                        let da = _mm256_set1_ps(*rows.scales[r].add(b));
+                        let sa = _mm256_set1_ps(*rows.sums[r].add(b));
                         for c in 0..C {
-                            dot[r][c] = _mm256_add_epi16(dot[r][c], _mm256_maddubs_epi16(wv[c], a));
+                            let $t = dot[r][c];
+                            let x = _mm256_cvtepi32_ps($total);
+                            acc[r][c] = _mm256_fmadd_ps(x, _mm256_mul_ps(d[c], da), acc[r][c]);
+                            acc[r][c] = _mm256_fmadd_ps(mins[c], sa, acc[r][c]);
                         }
                     }
                 }
-            }
-            let d: [__m256; C] = std::array::from_fn(|c| {
-                _mm256_cvtph_ps(_mm_loadu_si128(panels[c].add(b * pb + 128) as *const __m128i))
-            });
-            let mins: [__m256; C] = std::array::from_fn(|c| {
-                _mm256_cvtph_ps(_mm_loadu_si128(panels[c].add(b * pb + 144) as *const __m128i))
-            });
-            for r in 0..R {
-                let da = _mm256_set1_ps(*rows.scales[r].add(b));
-                let sa = _mm256_set1_ps(*rows.sums[r].add(b));
-                for c in 0..C {
-                    let x = _mm256_cvtepi32_ps(_mm256_madd_epi16(dot[r][c], ones));
-                    acc[r][c] = _mm256_fmadd_ps(x, _mm256_mul_ps(d[c], da), acc[r][c]);
-                    acc[r][c] = _mm256_fmadd_ps(mins[c], sa, acc[r][c]);
+                for r in 0..R {
+                    for c in 0..C {
+                        let col = (p0 + c) * PANEL;
+                        store_lanes(out.add((r0 + r) * ld + col), acc[r][c], w.n - col, add);
+                    }
                 }
             }
         }
-        for r in 0..R {
-            for c in 0..C {
-                let col = (p0 + c) * PANEL;
-                store_lanes(out.add((r0 + r) * ld + col), acc[r][c], w.n - col, add);
-            }
-        }
-    }
+    };
 }
 
-/// 8-bit tile (see [`Format::tile`]).
-///
-/// # Safety
-/// As for [`Format::tile`].
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::needless_range_loop)]
-unsafe fn q8_tile<const R: usize, const C: usize>(w: &PanelMatrix<Q8>, acts: &Acts, at: TileAt) {
-    use std::arch::x86_64::*;
-    let TileAt { p0, r0, out, ld, add, prefetch } = at;
-    // SAFETY: see the function's contract.
-    unsafe {
-        let (kb, pb) = (w.kb, Q8::PANEL_BLOCK);
-        let (panels, rows, next) = w.tile_inputs::<R, C>(acts, p0, r0, prefetch);
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_ps(); C]; R];
-        for b in 0..kb {
-            next.block(b);
-            let mut dot = [[_mm256_setzero_si256(); C]; R];
-            // See q4_tile.
-            for step in 0..w.vectors {
-                let wv: [__m256i; C] =
-                    std::array::from_fn(|c| _mm256_loadu_si256(panels[c].add(b * pb + step * 32) as *const __m256i));
-                let wabs: [__m256i; C] = std::array::from_fn(|c| _mm256_sign_epi8(wv[c], wv[c]));
-                let at = b * Q8_BLOCK + 4 * step;
+/// Defines an 8-bit tile kernel like [`q4_kernel`]: `step` adds the
+/// products of `|w|` (unsigned) and `a·sign(w)` into `dot` as 32-bit sums.
+macro_rules! q8_kernel {
+    ($(#[$attr:meta])* $name:ident, $features:literal, step: |$dot:ident, $w:ident, $a:ident| $step:expr) => {
+        $(#[$attr])*
+        ///
+        /// # Safety
+        /// As for [`Format::tile`], and the CPU has `
+        #[doc = $features]
+        /// `.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        #[allow(clippy::needless_range_loop)]
+        unsafe fn $name<const R: usize, const C: usize>(w: &PanelMatrix<Q8>, acts: &Acts, at: TileAt) {
+            use std::arch::x86_64::*;
+            let TileAt { p0, r0, out, ld, add, prefetch, .. } = at;
+            // SAFETY: see the function's contract.
+            unsafe {
+                let (kb, pb) = (w.kb, Q8::PANEL_BLOCK);
+                let (panels, rows, next) = w.tile_inputs::<R, C>(acts, p0, r0, prefetch);
+                let mut acc = [[_mm256_setzero_ps(); C]; R];
+                for b in 0..kb {
+                    next.block(b);
+                    let mut dot = [[_mm256_setzero_si256(); C]; R];
+                    // See q4_kernel.
+                    for step in 0..w.vectors {
+                        let wv: [__m256i; C] = std::array::from_fn(|c| {
+                            _mm256_loadu_si256(panels[c].add(b * pb + step * 32) as *const __m256i)
+                        });
+                        let wabs: [__m256i; C] = std::array::from_fn(|c| _mm256_sign_epi8(wv[c], wv[c]));
+                        let at = b * Q8_BLOCK + 4 * step;
+                        for r in 0..R {
+                            let a = _mm256_set1_epi32((rows.qs[r].add(at) as *const i32).read_unaligned());
+                            for c in 0..C {
+                                let ($dot, $w, $a) = (dot[r][c], wabs[c], _mm256_sign_epi8(a, wv[c]));
+                                dot[r][c] = $step;
+                            }
+                        }
+                    }
+                    let d: [__m256; C] = std::array::from_fn(|c| {
+                        _mm256_cvtph_ps(_mm_loadu_si128(panels[c].add(b * pb + 256) as *const __m128i))
+                    });
+                    for r in 0..R {
+                        let da = _mm256_set1_ps(*rows.scales[r].add(b));
+                        for c in 0..C {
+                            acc[r][c] =
+                                _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[r][c]), _mm256_mul_ps(d[c], da), acc[r][c]);
+                        }
+                    }
+                }
                 for r in 0..R {
-                    let a = _mm256_set1_epi32((rows.qs[r].add(at) as *const i32).read_unaligned());
                     for c in 0..C {
-                        let p = _mm256_maddubs_epi16(wabs[c], _mm256_sign_epi8(a, wv[c]));
-                        dot[r][c] = _mm256_add_epi32(dot[r][c], _mm256_madd_epi16(p, ones));
+                        let col = (p0 + c) * PANEL;
+                        store_lanes(out.add((r0 + r) * ld + col), acc[r][c], w.n - col, add);
                     }
                 }
             }
-            let d: [__m256; C] = std::array::from_fn(|c| {
-                _mm256_cvtph_ps(_mm_loadu_si128(panels[c].add(b * pb + 256) as *const __m128i))
-            });
-            for r in 0..R {
-                let da = _mm256_set1_ps(*rows.scales[r].add(b));
-                for c in 0..C {
-                    acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[r][c]), _mm256_mul_ps(d[c], da), acc[r][c]);
-                }
-            }
         }
-        for r in 0..R {
-            for c in 0..C {
-                let col = (p0 + c) * PANEL;
-                store_lanes(out.add((r0 + r) * ld + col), acc[r][c], w.n - col, add);
-            }
-        }
-    }
+    };
 }
+
+q4_kernel!(
+    /// Q4_1 tile with AVX2: pair sums of at most 2·15·127, eight steps a
+    /// block, are added up exactly in 16 bits and widened once a block.
+    q4_tile, "avx2,fma,f16c",
+    step: |dot, w, a| _mm256_add_epi16(dot, _mm256_maddubs_epi16(w, a)),
+    total: |t| _mm256_madd_epi16(t, _mm256_set1_epi16(1))
+);
+
+q4_kernel!(
+    /// Q4_1 tile with AVX512-VNNI: `vpdpbusd` multiplies and adds four
+    /// bytes into 32 bits in one instruction.
+    q4_tile_vnni, "avx2,fma,f16c,avx512vnni,avx512vl",
+    step: |dot, w, a| _mm256_dpbusd_epi32(dot, w, a),
+    total: |t| t
+);
+
+q8_kernel!(
+    /// 8-bit tile with AVX2: `maddubs` pair sums fill 16 bits, so they are
+    /// widened at every step.
+    q8_tile, "avx2,fma,f16c",
+    step: |dot, w, a| _mm256_add_epi32(dot, _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1)))
+);
+
+q8_kernel!(
+    /// 8-bit tile with AVX512-VNNI.
+    q8_tile_vnni, "avx2,fma,f16c,avx512vnni,avx512vl",
+    step: |dot, w, a| _mm256_dpbusd_epi32(dot, w, a)
+);
 
 /// Prefetches the panels after a tile's while the tile runs: `per` bytes
 /// (one block of each of its panels) for each block, the first row tile
@@ -830,6 +956,16 @@ unsafe fn q4_tile<const R: usize, const C: usize>(_: &PanelMatrix<Q4>, _: &Acts,
 
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn q8_tile<const R: usize, const C: usize>(_: &PanelMatrix<Q8>, _: &Acts, _: TileAt) {
+    unreachable!("the quantized kernels need x86-64 (supported() is false here)")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn q4_tile_vnni<const R: usize, const C: usize>(_: &PanelMatrix<Q4>, _: &Acts, _: TileAt) {
+    unreachable!("the quantized kernels need x86-64 (supported() is false here)")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn q8_tile_vnni<const R: usize, const C: usize>(_: &PanelMatrix<Q8>, _: &Acts, _: TileAt) {
     unreachable!("the quantized kernels need x86-64 (supported() is false here)")
 }
 
@@ -919,6 +1055,20 @@ mod tests {
         assert_eq!(f32_to_f16(1.0 + 3.0 * 2f32.powi(-11)), 0x3c02);
         assert_eq!(f32_to_f16(1e6), 0x7c00);
         assert_eq!(f32_to_f16(-3.0e-8), 0x8001);
+    }
+
+    #[test]
+    fn vnni_kernels_run_only_where_they_agree_with_avx2() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let present = supported()
+                && std::is_x86_feature_detected!("avx512vnni")
+                && std::is_x86_feature_detected!("avx512vl");
+            if present {
+                assert!(vnni_agrees(), "AVX512-VNNI kernels differ from the AVX2 ones");
+            }
+            assert_eq!(vnni(), present);
+        }
     }
 
     #[test]

@@ -862,7 +862,9 @@ mod tests {
         }
         // Odd panel counts, a ragged last panel, several row blocks and
         // column chunks; on an AVX-512 CPU `kernels()` pairs for real.
-        for &(m, n, k) in &[(7, 33, 70), (9, 56, 40), (13, 48, 576), (150, 120, 700), (5, 16, 3), (6, 64, 1), (200, 1000, 64)] {
+        for &(m, n, k) in
+            &[(7, 33, 70), (9, 56, 40), (13, 48, 576), (150, 120, 700), (5, 16, 3), (6, 64, 1), (200, 1000, 64)]
+        {
             let a = rnd(m * k, 7);
             let b = PackedB::from_rows(&rnd(n * k, 8), n, k);
             for (accumulate, parallel) in [(false, false), (true, true), (false, true)] {
