@@ -554,8 +554,13 @@ impl CpuModel {
     /// Logits `[m, vocab]` of hidden states `[m, hidden]`.
     pub(crate) fn logits(&self, hidden: &[f32], m: usize) -> Vec<f32> {
         let mut out = vec![0f32; m * self.vocab];
-        self.lm_head.forward(hidden, m, &mut out, false);
+        self.logits_into(hidden, m, &mut out);
         out
+    }
+
+    /// [`CpuModel::logits`] into `out` (at least `m × vocab`).
+    pub(crate) fn logits_into(&self, hidden: &[f32], m: usize, out: &mut [f32]) {
+        self.lm_head.forward(hidden, m, out, false);
     }
 
     /// `log_softmax(logits / τ)[targets[r]]` for each row of hidden states

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use candle_core::{D, Tensor};
+use candle_core::Tensor;
 
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -165,7 +165,7 @@ pub fn generate(
 /// batch position. Each row has its own seeded sampler, so sampling the
 /// rows in parallel draws exactly what one at a time would; a pass over
 /// the vocabulary per row adds up for a group of 16.
-fn sample_rows(rows: &mut [Row], active: &[usize], logits: &[Vec<f32>]) -> Vec<Option<Result<Sampled>>> {
+fn sample_rows(rows: &mut [Row], active: &[usize], logits: &[f32], vocab: usize) -> Vec<Option<Result<Sampled>>> {
     use rayon::prelude::*;
     let mut slot: Vec<Option<usize>> = vec![None; rows.len()];
     for (pos, &r) in active.iter().enumerate() {
@@ -177,7 +177,7 @@ fn sample_rows(rows: &mut [Row], active: &[usize], logits: &[Vec<f32>]) -> Vec<O
     crate::cpu::in_pool(|| {
         by_pos
             .into_par_iter()
-            .map(|(pos, row)| row.finish.is_none().then(|| row.sampler.sample(&logits[pos])))
+            .map(|(pos, row)| row.finish.is_none().then(|| row.sampler.sample(&logits[pos * vocab..][..vocab])))
             .collect()
     })
 }
@@ -217,7 +217,8 @@ fn decode_batch(
         prefill_cache.select_rows(&fan_out)?
     };
     let idx = Tensor::from_vec(fan_out.iter().map(|&i| i as u32).collect::<Vec<_>>(), fan_out.len(), device)?;
-    let mut logits: Vec<Vec<f32>> = last.index_select(&idx, 0)?.to_vec2()?;
+    // `[active rows, vocab]`, reused from step to step.
+    let mut logits: Vec<f32> = last.index_select(&idx, 0)?.flatten_all()?.to_vec1()?;
 
     // `active[i]` is the row that occupies batch position i of the cache.
     let mut active: Vec<usize> = (0..rows.len()).collect();
@@ -227,7 +228,7 @@ fn decode_batch(
         if params.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
             return Err(Error::Cancelled);
         }
-        let mut sampled = sample_rows(&mut rows, &active, &logits);
+        let mut sampled = sample_rows(&mut rows, &active, &logits, model.config().vocab_size);
         let mut next = Vec::with_capacity(active.len());
         for (pos, &r) in active.iter().enumerate() {
             let row = &mut rows[r];
@@ -288,7 +289,7 @@ fn decode_batch(
         active = new_active;
         let input = Tensor::from_vec(input, (active.len(), 1), device)?;
         let hidden = model.forward_cached(&input, &mut cache)?;
-        logits = model.logits(&hidden)?.squeeze(D::Minus2)?.to_vec2()?;
+        model.logits_into(&hidden, &mut logits)?;
     }
 
     rows.into_iter()

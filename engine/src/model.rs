@@ -1064,6 +1064,29 @@ impl Model {
         }
     }
 
+    /// [`Model::logits`] of hidden states `[.., hidden]` into `out` as
+    /// rows of `vocab_size`, reusing its allocation: a decoding step's
+    /// logits are megabytes, and a fresh zeroed buffer each step costs
+    /// page faults and a pass over it.
+    pub fn logits_into(&self, hidden: &Tensor, out: &mut Vec<f32>) -> Result<()> {
+        match &self.backend {
+            Backend::Candle(_) => {
+                *out = self.logits(hidden)?.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            }
+            Backend::Cpu(cpu) => {
+                let h = self.cfg.hidden_size;
+                if hidden.dims().last() != Some(&h) {
+                    return Err(Error::InvalidInput(format!("hidden states {:?} do not end in {h}", hidden.dims())));
+                }
+                let data = hidden.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let m = data.len() / h;
+                out.resize(m * self.cfg.vocab_size, 0.0);
+                cpu::in_pool(|| cpu.logits_into(&data, m, out));
+            }
+        }
+        Ok(())
+    }
+
     /// Teacher-forced log-probs `[b, t-1]` through the CPU backend (the
     /// lm_head fused with the log-softmax), or None on the candle backend.
     pub(crate) fn cpu_logprobs(

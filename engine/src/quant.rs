@@ -1061,9 +1061,8 @@ mod tests {
     fn vnni_kernels_run_only_where_they_agree_with_avx2() {
         #[cfg(target_arch = "x86_64")]
         {
-            let present = supported()
-                && std::is_x86_feature_detected!("avx512vnni")
-                && std::is_x86_feature_detected!("avx512vl");
+            let present =
+                supported() && std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl");
             if present {
                 assert!(vnni_agrees(), "AVX512-VNNI kernels differ from the AVX2 ones");
             }
