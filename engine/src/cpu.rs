@@ -813,9 +813,14 @@ impl Group<'_> {
                             acc,
                         );
                     }
-                    let s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-                    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-                    sh[j] = _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2))) * scale;
+                    // The lanes added up in the order of the eight-key path
+                    // above, so a key's score does not depend on where the
+                    // runs of eight start (a prompt shared by a group
+                    // starts the row's own keys part-way through a run).
+                    let h = _mm256_hadd_ps(acc, acc);
+                    let h = _mm256_hadd_ps(h, h);
+                    let s = _mm_add_ss(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+                    sh[j] = _mm_cvtss_f32(s) * scale;
                     j += 1;
                 }
             }

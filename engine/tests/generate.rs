@@ -105,25 +105,34 @@ fn stop_strings_cut_the_text() {
 #[test]
 fn quantized_model_generates_too() {
     let lm = common::q8_model();
-    // Nine rows: enough for a decoding step to run as independent passes
-    // over parts of the group (see `cpu::rows_per_part`), of unequal size.
-    let params = GenerateParams { n: 9, max_new_tokens: 8, seed: 5, ..Default::default() };
-    let out = generate(&lm.model, &lm.tokenizer, &[prompt("Hi!")], &params, |_| {}).unwrap();
-    assert_eq!(out.len(), 9);
-    assert!(out.iter().all(|c| !c.token_ids.is_empty()));
-    // The 8-bit kernels give a row the same numbers alone as in a batch,
-    // so a group decoded together is the group decoded one by one.
-    let alone = generate(
-        &lm.model,
-        &lm.tokenizer,
-        &[prompt("Hi!")],
-        &GenerateParams { max_batch: 1, ..params.clone() },
-        |_| {},
-    )
-    .unwrap();
-    for (x, y) in out.iter().zip(&alone) {
-        assert_eq!(x.token_ids, y.token_ids);
-        assert_eq!(x.logprobs, y.logprobs);
+    // Prompts of several lengths: the row's own keys then start at
+    // different offsets in the attention's runs of eight keys.
+    let questions = ["Hi!", "Name a prime.", "What is 2+2?", "Say yes or no, please."];
+    let lens: std::collections::BTreeSet<usize> = questions.iter().map(|q| prompt(q).len() % 8).collect();
+    assert!(lens.len() >= 3, "prompt lengths mod 8: {lens:?}");
+    for q in questions {
+        // Nine rows: enough for a decoding step to run as independent
+        // passes over parts of the group (see `cpu::rows_per_part`), of
+        // unequal size.
+        let params = GenerateParams { n: 9, max_new_tokens: 8, seed: 5, ..Default::default() };
+        let out = generate(&lm.model, &lm.tokenizer, &[prompt(q)], &params, |_| {}).unwrap();
+        assert_eq!(out.len(), 9);
+        assert!(out.iter().all(|c| !c.token_ids.is_empty()));
+        // The 8-bit kernels and the attention give a row the same numbers
+        // alone as in a batch (where the prompt's keys are shared), so a
+        // group decoded together is the group decoded one by one.
+        let alone = generate(
+            &lm.model,
+            &lm.tokenizer,
+            &[prompt(q)],
+            &GenerateParams { max_batch: 1, ..params.clone() },
+            |_| {},
+        )
+        .unwrap();
+        for (x, y) in out.iter().zip(&alone) {
+            assert_eq!(x.token_ids, y.token_ids, "{q}");
+            assert_eq!(x.logprobs, y.logprobs, "{q}");
+        }
     }
 }
 
