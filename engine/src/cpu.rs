@@ -769,119 +769,155 @@ impl Group<'_> {
         }
     }
 
-    /// Eight keys at a time per head, one accumulator each (eight
-    /// multiply-adds in flight), reduced together at the end.
+    /// Up to three heads against four keys at a time (twelve multiply-adds
+    /// per four key loads), one accumulator per head and key, each key's
+    /// lanes added up in one fixed order (see [`reduce4`]), so a score
+    /// does not depend on where its run of four keys starts.
     ///
     /// # Safety
     /// AVX2 and FMA are present; `d` is a multiple of 8.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn scores_avx2(&self, scale: f32, scores: &mut [f32], width: usize, col: usize) {
-        use std::arch::x86_64::*;
         let (n, d, st) = (self.n, self.d, self.stride);
-        assert!(self.k.len() >= (n - 1) * st + d && col + n <= width && scores.len() >= self.q.len() / d * width);
-        // SAFETY: every key read is inside `self.k` (asserted above), every
-        // query read inside its head's `d` values, every write inside `sh`.
-        unsafe {
-            let k = self.k.as_ptr();
-            let sc = _mm256_set1_ps(scale);
-            for (qh, sh) in self.q.chunks_exact(d).zip(scores.chunks_exact_mut(width)) {
-                let sh = &mut sh[col..col + n];
-                let mut j = 0;
-                while j + 8 <= n {
-                    let mut a = [_mm256_setzero_ps(); 8];
-                    for c in (0..d).step_by(8) {
-                        let qv = _mm256_loadu_ps(qh.as_ptr().add(c));
-                        for (r, acc) in a.iter_mut().enumerate() {
-                            *acc = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k.add((j + r) * st + c)), *acc);
-                        }
-                    }
-                    // Lane sums of the eight accumulators, in key order.
-                    let u0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
-                    let u1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
-                    let lo = _mm256_permute2f128_ps::<0x20>(u0, u1);
-                    let hi = _mm256_permute2f128_ps::<0x31>(u0, u1);
-                    _mm256_storeu_ps(sh.as_mut_ptr().add(j), _mm256_mul_ps(_mm256_add_ps(lo, hi), sc));
-                    j += 8;
-                }
-                while j < n {
-                    let mut acc = _mm256_setzero_ps();
-                    for c in (0..d).step_by(8) {
-                        acc = _mm256_fmadd_ps(
-                            _mm256_loadu_ps(qh.as_ptr().add(c)),
-                            _mm256_loadu_ps(k.add(j * st + c)),
-                            acc,
-                        );
-                    }
-                    // The lanes added up in the order of the eight-key path
-                    // above, so a key's score does not depend on where the
-                    // runs of eight start (a prompt shared by a group
-                    // starts the row's own keys part-way through a run).
-                    let h = _mm256_hadd_ps(acc, acc);
-                    let h = _mm256_hadd_ps(h, h);
-                    let s = _mm_add_ss(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-                    sh[j] = _mm_cvtss_f32(s) * scale;
-                    j += 1;
-                }
+        let heads = self.q.len() / d;
+        assert!(self.k.len() >= (n - 1) * st + d && col + n <= width && scores.len() >= heads * width);
+        let mut h0 = 0;
+        while h0 < heads {
+            // SAFETY: as asserted above; heads h0.. exist.
+            unsafe {
+                h0 += match heads - h0 {
+                    1 => self.scores_heads::<1>(h0, scale, scores, width, col),
+                    2 => self.scores_heads::<2>(h0, scale, scores, width, col),
+                    _ => self.scores_heads::<3>(h0, scale, scores, width, col),
+                };
             }
         }
     }
 
-    /// 64 (else 32) output values per pass over the values, one
-    /// accumulator per eight.
+    /// [`Group::scores_avx2`] for heads `h0..h0 + H`; returns `H`.
+    ///
+    /// # Safety
+    /// As for `scores_avx2`, whose assertion covers every access.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn scores_heads<const H: usize>(
+        &self,
+        h0: usize,
+        scale: f32,
+        scores: &mut [f32],
+        width: usize,
+        col: usize,
+    ) -> usize {
+        use std::arch::x86_64::*;
+        let (n, d, st) = (self.n, self.d, self.stride);
+        // SAFETY: keys `j < n` and dims `c < d` are inside `self.k`, heads
+        // `h0 + h` inside `self.q`, writes inside their head's row.
+        unsafe {
+            let (k, q) = (self.k.as_ptr(), self.q.as_ptr().add(h0 * d));
+            let out = |h: usize, j: usize| scores.as_ptr().add((h0 + h) * width + col + j) as *mut f32;
+            let mut j = 0;
+            while j < n {
+                let keys = (n - j).min(4);
+                let mut a = [[_mm256_setzero_ps(); 4]; H];
+                for c in (0..d).step_by(8) {
+                    let qv: [__m256; H] = std::array::from_fn(|h| _mm256_loadu_ps(q.add(h * d + c)));
+                    // Past the last key, the last key again (computed,
+                    // never stored): the loop keeps a fixed trip count.
+                    for r in 0..4 {
+                        let kv = _mm256_loadu_ps(k.add((j + r).min(n - 1) * st + c));
+                        for h in 0..H {
+                            a[h][r] = _mm256_fmadd_ps(qv[h], kv, a[h][r]);
+                        }
+                    }
+                }
+                for h in 0..H {
+                    let s = _mm_mul_ps(reduce4(a[h]), _mm_set1_ps(scale));
+                    if keys == 4 {
+                        _mm_storeu_ps(out(h, j), s);
+                    } else {
+                        let mut lanes = [0f32; 4];
+                        _mm_storeu_ps(lanes.as_mut_ptr(), s);
+                        std::ptr::copy_nonoverlapping(lanes.as_ptr(), out(h, j), keys);
+                    }
+                }
+                j += keys;
+            }
+        }
+        H
+    }
+
+    /// Up to three heads and 32 outputs per pass over the values (twelve
+    /// multiply-adds per four value loads). Each output adds its keys in
+    /// key order, continuing from the earlier run's sums when `add`, so
+    /// the order is that of one run over all keys.
     ///
     /// # Safety
     /// AVX2 and FMA are present; `d` is a multiple of 32.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::needless_range_loop)]
     unsafe fn mix_avx2(&self, p: &[f32], width: usize, col: usize, out: &mut [f32], add: bool) {
+        use std::arch::x86_64::*;
         let (n, d, st) = (self.n, self.d, self.stride);
-        assert!(self.v.len() >= (n - 1) * st + d && col + n <= width && p.len() >= out.len() / d * width);
-        for (oh, ph) in out.chunks_exact_mut(d).zip(p.chunks_exact(width)) {
-            let ph = &ph[col..col + n];
-            let mut c = 0;
-            while c < d {
-                // SAFETY: values `c..c + A·8` of every row read lie inside
-                // `self.v` (asserted above), the outputs inside `oh`.
-                unsafe {
-                    if d - c >= 64 {
-                        mix_run::<8>(ph, self.v.as_ptr().add(c), st, oh.as_mut_ptr().add(c), add);
-                        c += 64;
-                    } else {
-                        mix_run::<4>(ph, self.v.as_ptr().add(c), st, oh.as_mut_ptr().add(c), add);
-                        c += 32;
+        let heads = out.len() / d;
+        assert!(self.v.len() >= (n - 1) * st + d && col + n <= width && p.len() >= heads * width);
+        // SAFETY: values `j < n`, dims `c < d` lie inside `self.v` and the
+        // weights inside `p` (asserted above), the outputs inside `out`.
+        unsafe {
+            let (v, o) = (self.v.as_ptr(), out.as_mut_ptr());
+            macro_rules! pass {
+                ($hs:literal, $h0:expr, $c:expr) => {{
+                    let (h0, c): (usize, usize) = ($h0, $c);
+                    let at = |h: usize, i: usize| o.add((h0 + h) * d + c + 8 * i);
+                    let mut acc: [[__m256; 4]; $hs] = std::array::from_fn(|h| {
+                        std::array::from_fn(|i| if add { _mm256_loadu_ps(at(h, i)) } else { _mm256_setzero_ps() })
+                    });
+                    let w = |h: usize, j: usize| *p.get_unchecked((h0 + h) * width + col + j);
+                    for j in 0..n {
+                        let wv: [__m256; $hs] = std::array::from_fn(|h| _mm256_set1_ps(w(h, j)));
+                        for i in 0..4 {
+                            let x = _mm256_loadu_ps(v.add(j * st + c + 8 * i));
+                            for h in 0..$hs {
+                                acc[h][i] = _mm256_fmadd_ps(wv[h], x, acc[h][i]);
+                            }
+                        }
                     }
+                    for h in 0..$hs {
+                        for i in 0..4 {
+                            _mm256_storeu_ps(at(h, i), acc[h][i]);
+                        }
+                    }
+                    $hs
+                }};
+            }
+            for c in (0..d).step_by(32) {
+                let mut h0 = 0;
+                while h0 < heads {
+                    h0 += match heads - h0 {
+                        1 => pass!(1, h0, c),
+                        2 => pass!(2, h0, c),
+                        _ => pass!(3, h0, c),
+                    };
                 }
             }
         }
     }
 }
 
-/// `out[..8A] (+)= Σ_j w_j · v[j·stride..][..8A]`. Continuing from the
-/// earlier run's sums (`add`) keeps the order of the additions that of one
-/// run over all keys.
+/// The four scores of four keys' accumulators: each key's eight lanes
+/// added as `((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7))`.
 ///
 /// # Safety
-/// AVX2 and FMA are present; `v` holds `w.len()` rows of `8A` floats at
-/// `stride`, and `out` `8A` floats.
+/// AVX2 is present.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn mix_run<const A: usize>(w: &[f32], v: *const f32, stride: usize, out: *mut f32, add: bool) {
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn reduce4(a: [std::arch::x86_64::__m256; 4]) -> std::arch::x86_64::__m128 {
     use std::arch::x86_64::*;
-    // SAFETY: see the function's contract.
-    unsafe {
-        let mut acc: [__m256; A] =
-            std::array::from_fn(|i| if add { _mm256_loadu_ps(out.add(8 * i)) } else { _mm256_setzero_ps() });
-        for (j, &wj) in w.iter().enumerate() {
-            let wv = _mm256_set1_ps(wj);
-            for (i, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(v.add(j * stride + 8 * i)), *a);
-            }
-        }
-        for (i, a) in acc.iter().enumerate() {
-            _mm256_storeu_ps(out.add(8 * i), *a);
-        }
-    }
+    let u = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1))
 }
 
 thread_local! {
