@@ -105,9 +105,11 @@ fn stop_strings_cut_the_text() {
 #[test]
 fn quantized_model_generates_too() {
     let lm = common::q8_model();
-    // Prompts of several lengths: the row's own keys then start at
-    // different offsets in the attention's runs of eight keys.
-    let questions = ["Hi!", "Name a prime.", "What is 2+2?", "Say yes or no, please."];
+    // Prompts of several lengths (one of teacher-prompt size): the row's
+    // own keys then start at different offsets in the attention's runs of
+    // keys.
+    let long = "Explain, step by step, why the sum of the first n odd numbers is n squared. ".repeat(5);
+    let questions = ["Hi!", "Name a prime.", "What is 2+2?", "Say yes or no, please.", long.as_str()];
     let lens: std::collections::BTreeSet<usize> = questions.iter().map(|q| prompt(q).len() % 8).collect();
     assert!(lens.len() >= 3, "prompt lengths mod 8: {lens:?}");
     for q in questions {
