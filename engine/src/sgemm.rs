@@ -920,6 +920,18 @@ mod tests {
     }
 
     #[test]
+    fn avx512_kernel_runs_where_the_cpu_has_it() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let present = supported() && std::is_x86_feature_detected!("avx512f");
+            if present {
+                assert!(avx512_agrees(), "the AVX-512 kernel differs from the AVX2 one");
+            }
+            assert_eq!(kernels() == Kernels::Avx512, present);
+        }
+    }
+
+    #[test]
     fn strided_operands_and_blocks() {
         let (m, n, k) = (20, 40, 24);
         // A with row stride 30, B given column-major-ish as [k, n] stride 50.
