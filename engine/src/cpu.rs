@@ -441,6 +441,9 @@ impl CpuModel {
         let Some((layers, past)) = cache else {
             return self.forward_rows(ids, b, t, left_pad, 0, None);
         };
+        if b == 0 || t == 0 {
+            return Ok(Vec::new());
+        }
         for slot in layers.iter_mut() {
             let store = slot.get_or_insert_with(|| HostKv::new(b, self.kv_heads, 0, self.head_dim));
             if t > 1 {
@@ -815,8 +818,8 @@ impl Group<'_> {
         // SAFETY: keys `j < n` and dims `c < d` are inside `self.k`, heads
         // `h0 + h` inside `self.q`, writes inside their head's row.
         unsafe {
-            let (k, q) = (self.k.as_ptr(), self.q.as_ptr().add(h0 * d));
-            let out = |h: usize, j: usize| scores.as_ptr().add((h0 + h) * width + col + j) as *mut f32;
+            let (k, q, sp) = (self.k.as_ptr(), self.q.as_ptr().add(h0 * d), scores.as_mut_ptr());
+            let out = |h: usize, j: usize| sp.add((h0 + h) * width + col + j);
             let mut j = 0;
             while j < n {
                 let keys = (n - j).min(4);

@@ -601,6 +601,13 @@ fn vnni() -> bool {
 /// activations, overwriting and adding, and compares the bits.
 #[cfg(target_arch = "x86_64")]
 fn vnni_agrees() -> bool {
+    kernels_agree(true)
+}
+
+/// [`vnni_agrees`] against the kernels chosen by `vnni` (which this CPU
+/// must run).
+#[cfg(target_arch = "x86_64")]
+fn kernels_agree(vnni: bool) -> bool {
     let (n, k, m) = (4 * PANEL - 3, 3 * Q8_BLOCK, 4);
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {
@@ -623,25 +630,26 @@ fn vnni_agrees() -> bool {
     }
     let mut acts = Acts { qs: Vec::new(), scales: Vec::new(), sums: Vec::new() };
     acts.fill(&x, m, k, true);
-    fn agree<F: Format>(w: &PanelMatrix<F>, acts: &Acts, m: usize) -> bool {
+    fn agree_on<F: Format>(w: &PanelMatrix<F>, acts: &Acts, m: usize, vnni: bool) -> bool {
         let start: Vec<f32> = (0..m * w.n).map(|i| i as f32 * 0.25 - 7.0).collect();
         SHAPES.iter().all(|&(rows, panels)| {
             [false, true].into_iter().all(|add| {
-                let run = |vnni: bool| {
+                let run = |use_vnni: bool| {
                     let mut out = start.clone();
-                    let at = TileAt { p0: 0, r0: 0, out: out.as_mut_ptr(), ld: w.n, add, prefetch: true, vnni };
-                    // SAFETY: AVX2/FMA/F16C and AVX512-VNNI/VL were detected
-                    // by the caller; the tile (at most 4 rows × 4 panels)
-                    // lies inside `w`, `acts` and `out`.
+                    let at =
+                        TileAt { p0: 0, r0: 0, out: out.as_mut_ptr(), ld: w.n, add, prefetch: true, vnni: use_vnni };
+                    // SAFETY: the caller's CPU runs the AVX2 kernels and the
+                    // ones `vnni` selects; the tile (at most 4 rows × 4
+                    // panels) lies inside `w`, `acts` and `out`.
                     unsafe { dispatch::<F>(rows, panels, w, acts, at) };
                     out
                 };
-                let (plain, vnni) = (run(false), run(true));
-                plain.iter().zip(&vnni).all(|(x, y)| x.to_bits() == y.to_bits())
+                let (plain, other) = (run(false), run(vnni));
+                plain.iter().zip(&other).all(|(x, y)| x.to_bits() == y.to_bits())
             })
         })
     }
-    agree(&q4, &acts, m) && agree(&q8, &acts, m)
+    agree_on(&q4, &acts, m, vnni) && agree_on(&q8, &acts, m, vnni)
 }
 
 /// Calls the kernel for a runtime tile shape (`rows` ≤ 4, `panels` ≤ 4).
@@ -1063,6 +1071,10 @@ mod tests {
         {
             let present =
                 supported() && std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl");
+            // The check itself, on the AVX2 kernels every such CPU runs.
+            if supported() {
+                assert!(kernels_agree(false));
+            }
             if present {
                 assert!(vnni_agrees(), "AVX512-VNNI kernels differ from the AVX2 ones");
             }

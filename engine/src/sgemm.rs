@@ -685,6 +685,13 @@ unsafe fn kernel_avx512<const R: usize>(
 /// a CPU that has it checks it against the kernel every CPU runs.
 #[cfg(target_arch = "x86_64")]
 fn avx512_agrees() -> bool {
+    pairs_agree(Kernels::Avx512)
+}
+
+/// Whether `kern`'s pair tiles equal two AVX2 tiles bit for bit, on random
+/// operands laid out as real panels. `kern` must run on this CPU.
+#[cfg(target_arch = "x86_64")]
+fn pairs_agree(kern: Kernels) -> bool {
     let kc = 37;
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut next = || {
@@ -694,17 +701,22 @@ fn avx512_agrees() -> bool {
         (seed >> 40) as f32 / (1u64 << 23) as f32 - 1.0
     };
     let a: Vec<f32> = (0..kc * MR).map(|_| next()).collect();
-    let b: Vec<f32> = (0..2 * kc * NR).map(|_| next()).collect();
+    // Aligned like real panels: the AVX2 kernel loads B with aligned loads
+    // (a panel of `kc·NR` floats is 37 cache lines, so the second is too).
+    let mut b = AlignedBuf::zeroed(2 * kc * NR);
+    b.as_mut_slice().iter_mut().for_each(|x| *x = next());
+    let b = b.as_slice();
     let ldc = 2 * NR + 3;
     let start: Vec<f32> = (0..MR * ldc).map(|_| next()).collect();
     (1..=MR).all(|rows| {
         [false, true].into_iter().all(|acc| {
             let (mut wide, mut narrow) = (start.clone(), start.clone());
             let (b0, b1) = (b.as_ptr(), b[kc * NR..].as_ptr());
-            // SAFETY: AVX-512F was detected by the caller and AVX2/FMA by
-            // `supported`; both outputs hold `rows` rows of `2·NR` at `ldc`.
+            // SAFETY: the caller's CPU runs `kern`, and AVX2/FMA (checked by
+            // `supported` first); both outputs hold `rows` rows of `2·NR`
+            // at `ldc`, the panels `kc` steps of `NR`, aligned.
             unsafe {
-                tile_pair(Kernels::Avx512, kc, a.as_ptr(), b0, b1, wide.as_mut_ptr(), ldc, rows, acc);
+                tile_pair(kern, kc, a.as_ptr(), b0, b1, wide.as_mut_ptr(), ldc, rows, acc);
                 tile_pair(Kernels::Avx2, kc, a.as_ptr(), b0, b1, narrow.as_mut_ptr(), ldc, rows, acc);
             }
             wide.iter().zip(&narrow).all(|(x, y)| x.to_bits() == y.to_bits())
@@ -923,6 +935,10 @@ mod tests {
     fn avx512_kernel_runs_where_the_cpu_has_it() {
         #[cfg(target_arch = "x86_64")]
         {
+            // The check itself, on the emulated pairs every AVX2 CPU runs.
+            if supported() {
+                assert!(pairs_agree(Kernels::Avx2Pairs));
+            }
             let present = supported() && std::is_x86_feature_detected!("avx512f");
             if present {
                 assert!(avx512_agrees(), "the AVX-512 kernel differs from the AVX2 one");
