@@ -652,6 +652,14 @@ fn kernels_agree(vnni: bool) -> bool {
     agree_on(&q4, &acts, m, vnni) && agree_on(&q8, &acts, m, vnni)
 }
 
+/// Calls `$then!` with the tile shapes the kernels are compiled for, as
+/// `(rows, panels)`: one list for [`dispatch`] and [`SHAPES`].
+macro_rules! tile_shapes {
+    ($then:ident) => {
+        $then!((1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2), (3, 1), (3, 2), (4, 1), (4, 2))
+    };
+}
+
 /// Calls the kernel for a runtime tile shape (`rows` ≤ 4, `panels` ≤ 4).
 ///
 /// # Safety
@@ -666,12 +674,17 @@ unsafe fn dispatch<F: Format>(rows: usize, panels: usize, w: &PanelMatrix<F>, ac
         };
     }
     // SAFETY: forwarded contract.
-    unsafe { shapes!((1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2), (3, 1), (3, 2), (4, 1), (4, 2)) }
+    unsafe { tile_shapes!(shapes) }
 }
 
-/// The tile shapes [`dispatch`] knows, as `(rows, panels)`.
+/// The tile shapes [`dispatch`] knows (the self-check runs each).
 #[cfg(target_arch = "x86_64")]
-const SHAPES: [(usize, usize); 10] = [(1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2), (3, 1), (3, 2), (4, 1), (4, 2)];
+const SHAPES: &[(usize, usize)] = {
+    macro_rules! list {
+        ($(($r:literal, $c:literal)),*) => { &[$(($r, $c)),*] };
+    }
+    tile_shapes!(list)
+};
 
 /// The activation pointers and block scales a tile reads.
 #[cfg(target_arch = "x86_64")]
@@ -1035,6 +1048,24 @@ mod tests {
     use candle_core::Device;
     use candle_core::quantized::{GgmlDType, QTensor};
 
+    /// Roughly normal values of standard deviation `std` from a fixed
+    /// seed (candle's CPU generator cannot be seeded), so the tolerances
+    /// below are checked on the same numbers every run.
+    fn randn(std: f32, shape: (usize, usize), seed: u64) -> Tensor {
+        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut uniform = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        };
+        // A sum of four uniforms on [-1, 1] has variance 4/3.
+        let v: Vec<f32> = (0..shape.0 * shape.1)
+            .map(|_| (uniform() + uniform() + uniform() + uniform()) * std * 0.75f32.sqrt())
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
     #[test]
     fn f16_conversion() {
         for (bits, v) in [
@@ -1084,9 +1115,7 @@ mod tests {
 
     #[test]
     fn vector_quantization_matches_scalar() {
-        let dev = Device::Cpu;
-        let mut x: Vec<f32> =
-            Tensor::randn(0f32, 3.0, (5, 96), &dev).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let mut x: Vec<f32> = randn(3.0, (5, 96), 1).flatten_all().unwrap().to_vec1().unwrap();
         x[32..64].fill(0.0); // an all-zero block
         x[7] = 0.5 * (x[3].abs() / 127.0); // a value halfway between steps
         let acts = Acts::new(&x, 5, 96, true);
@@ -1107,10 +1136,9 @@ mod tests {
         if !supported() {
             return;
         }
-        let dev = Device::Cpu;
         for (m, n, k) in [(1, 7, 64), (3, 10, 96), (16, 33, 576), (9, 5, 32)] {
-            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
-            let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+            let w = randn(1.0, (n, k), 2);
+            let x = randn(1.0, (m, k), 3);
             let q = Arc::new(Q8Matrix::from_tensor(&w).unwrap());
             let got = x.apply_op1_no_bwd(&Q8MatMul(q)).unwrap();
             let want = x.matmul(&w.t().unwrap()).unwrap();
@@ -1128,8 +1156,8 @@ mod tests {
         let dev = Device::Cpu;
         // 3 blocks per row: an odd count exercises the padding block.
         for (n, k, m) in [(12, 96, 5), (9, 64, 1), (7, 32, 6), (10, 160, 9)] {
-            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
-            let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+            let w = randn(1.0, (n, k), 4);
+            let x = randn(1.0, (m, k), 5);
             let order: Vec<usize> = (0..n).rev().collect();
             let idx = Tensor::new(order.iter().map(|&i| i as u32).collect::<Vec<_>>(), &dev).unwrap();
             for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
@@ -1160,11 +1188,10 @@ mod tests {
         if !supported() {
             return;
         }
-        let dev = Device::Cpu;
         // 12 outputs: one whole panel and one of four rows.
         for (m, n, k) in [(1, 12, 64), (6, 12, 96), (16, 16, 32)] {
-            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
-            let x: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let w = randn(1.0, (n, k), 6);
+            let x: Vec<f32> = randn(1.0, (m, k), 7).flatten_all().unwrap().to_vec1().unwrap();
             let mat = Q8Matrix::from_tensor(&w).unwrap();
             let y = mat.matmul(&x, m);
             let base: Vec<f32> = (0..m * n).map(|i| i as f32 * 0.5 - 3.0).collect();
@@ -1186,10 +1213,8 @@ mod tests {
         if !supported() {
             return;
         }
-        let dev = Device::Cpu;
         let (k, m) = (96, 7);
-        let parts: Vec<Tensor> =
-            [5usize, 8, 3].iter().map(|&n| Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap()).collect();
+        let parts: Vec<Tensor> = [5usize, 8, 3].iter().map(|&n| randn(1.0, (n, k), 8)).collect();
         let mats: Vec<Q4Matrix> = parts
             .iter()
             .map(|w| {
@@ -1199,7 +1224,7 @@ mod tests {
             })
             .collect();
         let joined = Q4Matrix::concat_rows(&mats.iter().collect::<Vec<_>>()).unwrap();
-        let x: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let x: Vec<f32> = randn(1.0, (m, k), 9).flatten_all().unwrap().to_vec1().unwrap();
         let all = joined.matmul(&x, m);
         let mut col = 0;
         for part in &mats {

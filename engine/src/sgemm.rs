@@ -774,8 +774,8 @@ unsafe fn kernel_avx2<const R: usize>(
         let mut c0 = [_mm256_setzero_ps(); R];
         let mut c1 = [_mm256_setzero_ps(); R];
         for _ in 0..kc {
-            let b0 = _mm256_load_ps(b);
-            let b1 = _mm256_load_ps(b.add(8));
+            let b0 = _mm256_loadu_ps(b);
+            let b1 = _mm256_loadu_ps(b.add(8));
             for i in 0..R {
                 let ai = _mm256_broadcast_ss(&*a.add(i));
                 c0[i] = _mm256_fmadd_ps(ai, b0, c0[i]);
