@@ -10,7 +10,8 @@
 //! everything. `RLT_BENCH_LENS=512,2048` sets the scoring lengths;
 //! `RLT_BENCH_PROMPT_WORDS=N` decodes after a prompt of about N words
 //! instead of one line (a teacher's prompt holds a question and its
-//! solution).
+//! solution); `RLT_BENCH_GROUP=N` decodes groups of N instead of 16 (GRPO
+//! samples 8 to 64 per question).
 //!
 //! Each measurement is one JSON line (`"bench": …`), which
 //! `scripts/reference/bench_compare.py` (`make bench-compare`) reads to put
@@ -213,14 +214,15 @@ fn main() -> rlt_engine::Result<()> {
         let r = decode(WeightMode::F32, 1, 128)?;
         table.push(("single-stream decode, f32".into(), format!("{r:.0} tok/s")));
     }
+    let group = std::env::var("RLT_BENCH_GROUP").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(16).max(1);
     if only(&["group", "group-q4", "group-q8"]) {
-        let r = decode(WeightMode::Quantized, 16, 64)?;
+        let r = decode(WeightMode::Quantized, group, 64)?;
         let vs = single_q4.map(|s| format!(", {:.2}x single-stream", r / s)).unwrap_or_default();
-        table.push(("group of 16 decoded together, Q4_1, aggregate".into(), format!("{r:.0} tok/s{vs}")));
+        table.push((format!("group of {group} decoded together, Q4_1, aggregate"), format!("{r:.0} tok/s{vs}")));
     }
     if only(&["group", "group-f32"]) {
-        let r = decode(WeightMode::F32, 16, 64)?;
-        table.push(("group of 16 decoded together, f32, aggregate".into(), format!("{r:.0} tok/s")));
+        let r = decode(WeightMode::F32, group, 64)?;
+        table.push((format!("group of {group} decoded together, f32, aggregate"), format!("{r:.0} tok/s")));
     }
     println!("{{\"bench\": \"peak_rss\", \"mib\": {:.0}}}", peak_rss_mib());
 
