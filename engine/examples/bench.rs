@@ -50,6 +50,11 @@ fn f32_peak_gflops(threads: usize) -> (String, f64) {
     (field("model name"), threads as f64 * mhz / 1e3 * 2.0 * 2.0 * lanes)
 }
 
+/// A count from the environment, if set and a number.
+fn env_count(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
 /// CPU seconds this process has used.
 fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
@@ -140,7 +145,7 @@ fn main() -> rlt_engine::Result<()> {
 
     let decode = |mode: WeightMode, group: usize, new_tokens: usize| -> rlt_engine::Result<f64> {
         let lm = load_model(&path, mode, &dev)?;
-        let prompt = match std::env::var("RLT_BENCH_PROMPT_WORDS").ok().and_then(|v| v.parse::<usize>().ok()) {
+        let prompt = match env_count("RLT_BENCH_PROMPT_WORDS") {
             Some(words) => {
                 let body = ["the", "robot", "counted", "17", "gears", "and", "then", "wrote", "x^2", "+", "1."]
                     .iter()
@@ -214,7 +219,7 @@ fn main() -> rlt_engine::Result<()> {
         let r = decode(WeightMode::F32, 1, 128)?;
         table.push(("single-stream decode, f32".into(), format!("{r:.0} tok/s")));
     }
-    let group = std::env::var("RLT_BENCH_GROUP").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(16).max(1);
+    let group = env_count("RLT_BENCH_GROUP").unwrap_or(16).max(1);
     if only(&["group", "group-q4", "group-q8"]) {
         let r = decode(WeightMode::Quantized, group, 64)?;
         let vs = single_q4.map(|s| format!(", {:.2}x single-stream", r / s)).unwrap_or_default();

@@ -228,7 +228,7 @@ impl HostKv {
 
     /// Positions held in the shared prefix.
     fn shared(&self) -> usize {
-        self.prefix.as_ref().map_or(0, |p| p.len)
+        shared_len(self.prefix.as_deref())
     }
 
     /// Rows `rows` of a cache holding `len` positions. Several copies of
@@ -307,8 +307,13 @@ struct RowsKv<'a> {
 
 impl RowsKv<'_> {
     fn shared(&self) -> usize {
-        self.prefix.map_or(0, |p| p.len)
+        shared_len(self.prefix)
     }
+}
+
+/// Positions in a shared prefix, if there is one.
+fn shared_len(prefix: Option<&Prefix>) -> usize {
+    prefix.map_or(0, |p| p.len)
 }
 
 /// Rows per independent forward pass when a batch decodes one column.
@@ -670,21 +675,22 @@ fn attend_one(q: &[f32], s: Shape, kv: Kv, left_pad: &[usize], scale: f32, out: 
         let n = kv.len - lo;
         let q = &q[bi * ldq + g * groups * d..][..groups * d];
         // The keys in order: the shared prefix's, then the row's own.
-        let shared = kv.prefix.map_or(0, |p| p.len);
-        let mut parts = Vec::with_capacity(2);
-        if let Some(p) = kv.prefix.filter(|_| lo < shared) {
-            let at = (g * shared + lo) * d;
-            parts.push(Group { q, k: &p.k[at..], v: &p.v[at..], stride: d, n: shared - lo, d });
-        }
+        let shared = shared_len(kv.prefix);
         let from = lo.max(shared);
-        if from < kv.len {
-            let at = bi * kv.batch + g * kv.head + (from - shared) * kv.row;
-            parts.push(Group { q, k: &kv.k[at..], v: &kv.v[at..], stride: kv.row, n: kv.len - from, d });
-        }
+        let parts = [
+            kv.prefix.filter(|_| lo < shared).map(|p| {
+                let at = (g * shared + lo) * d;
+                Group { q, k: &p.k[at..], v: &p.v[at..], stride: d, n: shared - lo, d }
+            }),
+            (from < kv.len).then(|| {
+                let at = bi * kv.batch + g * kv.head + (from - shared) * kv.row;
+                Group { q, k: &kv.k[at..], v: &kv.v[at..], stride: kv.row, n: kv.len - from, d }
+            }),
+        ];
         scores.clear();
         scores.resize(groups * n, 0.0);
         let mut col = 0;
-        for part in &parts {
+        for part in parts.iter().flatten() {
             part.scores(scale, scores, n, col);
             col += part.n;
         }
@@ -694,8 +700,9 @@ fn attend_one(q: &[f32], s: Shape, kv: Kv, left_pad: &[usize], scale: f32, out: 
             sc.iter_mut().for_each(|p| *p *= inv);
         }
         let mut col = 0;
-        for (i, part) in parts.iter().enumerate() {
-            part.mix(scores, n, col, o, i > 0);
+        for part in parts.iter().flatten() {
+            // The second run of keys adds to the first's sums.
+            part.mix(scores, n, col, o, col > 0);
             col += part.n;
         }
     };

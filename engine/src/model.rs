@@ -1049,16 +1049,11 @@ impl Model {
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         match &self.backend {
             Backend::Candle(p) => Ok(p.lm_head.forward(hidden)?),
-            Backend::Cpu(cpu) => {
+            Backend::Cpu(_) => {
+                let mut logits = Vec::new();
+                self.logits_into(hidden, &mut logits)?;
                 let mut dims = hidden.dims().to_vec();
-                let h = self.cfg.hidden_size;
-                if dims.last() != Some(&h) {
-                    return Err(Error::InvalidInput(format!("hidden states {dims:?} do not end in {h}")));
-                }
-                let data = hidden.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                let m = data.len() / h;
-                let logits = cpu::in_pool(|| cpu.logits(&data, m));
-                *dims.last_mut().expect("checked above") = self.cfg.vocab_size;
+                *dims.last_mut().expect("logits_into checked the last dimension") = self.cfg.vocab_size;
                 Ok(Tensor::from_vec(logits, dims, &self.device)?)
             }
         }
