@@ -149,9 +149,14 @@ pub(crate) struct Acts {
 }
 
 impl Acts {
+    /// No rows yet (see [`Acts::fill`]).
+    const fn empty() -> Self {
+        Self { qs: Vec::new(), scales: Vec::new(), sums: Vec::new() }
+    }
+
     #[cfg(test)]
     fn new(x: &[f32], m: usize, k: usize, with_sums: bool) -> Self {
-        let mut acts = Self { qs: Vec::new(), scales: Vec::new(), sums: Vec::new() };
+        let mut acts = Self::empty();
         acts.fill(x, m, k, with_sums);
         acts
     }
@@ -473,9 +478,7 @@ impl<F: Format> PanelMatrix<F> {
 
 thread_local! {
     /// Quantized activations, reused across calls.
-    static ACTS: std::cell::RefCell<Acts> = const {
-        std::cell::RefCell::new(Acts { qs: Vec::new(), scales: Vec::new(), sums: Vec::new() })
-    };
+    static ACTS: std::cell::RefCell<Acts> = const { std::cell::RefCell::new(Acts::empty()) };
 }
 
 /// Runs `f` on `x` quantized, in this thread's reused buffers (fresh ones
@@ -491,7 +494,7 @@ fn with_acts<R>(x: &[f32], m: usize, k: usize, with_sums: bool, f: impl FnOnce(&
     match r {
         Some(r) => r,
         None => {
-            let mut acts = Acts { qs: Vec::new(), scales: Vec::new(), sums: Vec::new() };
+            let mut acts = Acts::empty();
             acts.fill(x, m, k, with_sums);
             (f.take().expect("once"))(&acts)
         }
@@ -608,27 +611,26 @@ fn vnni_agrees() -> bool {
 /// must run).
 #[cfg(target_arch = "x86_64")]
 fn kernels_agree(vnni: bool) -> bool {
+    use rand::{Rng, SeedableRng};
     let (n, k, m) = (4 * PANEL - 3, 3 * Q8_BLOCK, 4);
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
-    let x: Vec<f32> = (0..m * k).map(|_| (next() >> 40) as f32 / (1u64 << 22) as f32 - 2.0).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x9e37_79b9_7f4a_7c15);
+    let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-2.0f32..2.0)).collect();
     let mut q4 = Q4Matrix::zeroed(n, k).expect("k is a multiple of 32");
     let mut q8 = Q8Matrix::zeroed(n, k).expect("k is a multiple of 32");
     for row in 0..n {
         for b in 0..k / Q8_BLOCK {
-            let codes: [u8; Q8_BLOCK] = std::array::from_fn(|_| next() as u8);
-            let d = f32_to_f16(((next() >> 40) as f32 / (1u64 << 24) as f32 + 0.01) * 0.1);
-            let min = f32_to_f16(-((next() >> 40) as f32) / (1u64 << 24) as f32);
+            let mut codes: [u8; Q8_BLOCK] = rng.random();
+            if row == 0 && b == 0 {
+                // The extremes: -128 (|w| = 128 in the sign trick) and 15.
+                codes[..2].copy_from_slice(&[0x80, 0x0f]);
+            }
+            let d = f32_to_f16(rng.random_range(0.001f32..0.1));
+            let min = f32_to_f16(rng.random_range(-1.0f32..0.0));
             q4.set(row, b, &RowBlock { codes: codes.map(|c| c & 0x0f), d, min });
             q8.set(row, b, &RowBlock { codes, d, min: 0 });
         }
     }
-    let mut acts = Acts { qs: Vec::new(), scales: Vec::new(), sums: Vec::new() };
+    let mut acts = Acts::empty();
     acts.fill(&x, m, k, true);
     fn agree_on<F: Format>(w: &PanelMatrix<F>, acts: &Acts, m: usize, vnni: bool) -> bool {
         let start: Vec<f32> = (0..m * w.n).map(|i| i as f32 * 0.25 - 7.0).collect();
@@ -1052,13 +1054,9 @@ mod tests {
     /// seed (candle's CPU generator cannot be seeded), so the tolerances
     /// below are checked on the same numbers every run.
     fn randn(std: f32, shape: (usize, usize), seed: u64) -> Tensor {
-        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        let mut uniform = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        };
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut uniform = || rng.random_range(-1.0f32..1.0);
         // A sum of four uniforms on [-1, 1] has variance 4/3.
         let v: Vec<f32> = (0..shape.0 * shape.1)
             .map(|_| (uniform() + uniform() + uniform() + uniform()) * std * 0.75f32.sqrt())
