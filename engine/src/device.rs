@@ -27,9 +27,12 @@ pub fn parse_device(name: &str) -> Result<Device> {
     }
 }
 
-/// Threads candle uses for CPU kernels.
+/// Threads the engine's CPU kernels run on: rayon's pool, which honours
+/// `RAYON_NUM_THREADS` and the process's CPU affinity (`taskset`, cgroup
+/// cpusets). candle's own count is the machine's physical cores whatever
+/// the affinity, which overstates it on a pinned process.
 pub fn cpu_threads() -> usize {
-    candle_core::utils::get_num_threads()
+    rayon::current_num_threads()
 }
 
 #[cfg(test)]

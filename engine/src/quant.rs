@@ -21,6 +21,11 @@
 //! - A kernel call computes a tile of up to four activation rows × four
 //!   panels; the accumulators, weights and broadcast fit the sixteen AVX2
 //!   registers.
+//! - On CPUs with AVX512-VNNI the same panels also go through 512-bit
+//!   kernels: one vector holds a step of two adjacent panels, and a tile
+//!   of up to eight rows (32 registers) unpacks each weight vector once
+//!   for all of them. They check themselves against the AVX2 kernels at
+//!   first use, like the 256-bit VNNI ones.
 //!
 //! Every output goes through the same operations in the same order
 //! whatever the tile, so a row's result does not depend on the other rows
@@ -146,12 +151,15 @@ pub(crate) struct Acts {
     /// `da·Σa` per block, `[m, kb]`: the Q4_1 min term's factor (empty
     /// for formats without one).
     sums: Vec<f32>,
+    /// `Σa` per block, `[m, kb]`, exact: the 512-bit 8-bit kernel's offset
+    /// correction (see [`q8_tile_wide`]).
+    isums: Vec<i32>,
 }
 
 impl Acts {
     /// No rows yet (see [`Acts::fill`]).
     const fn empty() -> Self {
-        Self { qs: Vec::new(), scales: Vec::new(), sums: Vec::new() }
+        Self { qs: Vec::new(), scales: Vec::new(), sums: Vec::new(), isums: Vec::new() }
     }
 
     #[cfg(test)]
@@ -164,40 +172,41 @@ impl Acts {
     /// Quantizes `x [m, k]` into these buffers.
     fn fill(&mut self, x: &[f32], m: usize, k: usize, with_sums: bool) {
         let kb = k / Q8_BLOCK;
-        let Self { qs, scales, sums } = self;
+        let Self { qs, scales, sums, isums } = self;
         qs.resize(m * k, 0);
         scales.resize(m * kb, 0.0);
-        sums.resize(if with_sums { m * kb } else { 0 }, 0.0);
-        let rows = qs.chunks_exact_mut(k).zip(scales.chunks_exact_mut(kb)).zip(x.chunks_exact(k)).take(m).enumerate();
-        for (r, ((q, d), xr)) in rows {
+        isums.resize(m * kb, 0);
+        let rows = qs.chunks_exact_mut(k).zip(scales.chunks_exact_mut(kb)).zip(isums.chunks_exact_mut(kb));
+        for (((q, d), s), xr) in rows.zip(x.chunks_exact(k)).take(m) {
             #[cfg(target_arch = "x86_64")]
             if supported() {
-                let s = if with_sums { Some(&mut sums[r * kb..(r + 1) * kb]) } else { None };
                 // SAFETY: AVX2 was just checked; the slices are whole blocks.
                 unsafe { quantize_row_avx2(xr, q, d, s) };
                 continue;
             }
             quantize_blocks(xr, q, d);
-            if with_sums {
-                for (b, blk) in q.chunks_exact(Q8_BLOCK).enumerate() {
-                    sums[r * kb + b] = blk.iter().map(|&v| v as i32).sum::<i32>() as f32 * d[b];
-                }
+            for (si, blk) in s.iter_mut().zip(q.chunks_exact(Q8_BLOCK)) {
+                *si = blk.iter().map(|&v| v as i32).sum();
             }
+        }
+        sums.clear();
+        if with_sums {
+            sums.extend(isums[..m * kb].iter().zip(&scales[..m * kb]).map(|(&s, &d)| s as f32 * d));
         }
     }
 }
 
 /// [`quantize_blocks`] with AVX2, bit for bit (the same multiply, and
 /// `cvtps` rounds to nearest even like `round_small`), plus each block's
-/// `da·Σq` when `sums` is given. Activations are quantized before every
-/// matrix product, on one thread, so the scalar loop showed in profiles.
+/// `Σq`. Activations are quantized before every matrix product, on one
+/// thread, so the scalar loop showed in profiles.
 ///
 /// # Safety
 /// AVX2 is present; `xs.len() == qs.len()` is a multiple of 32 and
-/// `scales` (and `sums`) have one slot per block.
+/// `scales` and `sums` have one slot per block.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn quantize_row_avx2(xs: &[f32], qs: &mut [i8], scales: &mut [f32], mut sums: Option<&mut [f32]>) {
+unsafe fn quantize_row_avx2(xs: &[f32], qs: &mut [i8], scales: &mut [f32], sums: &mut [i32]) {
     use std::arch::x86_64::*;
     // SAFETY: see the function's contract; every access is inside one
     // 32-value block of the slices.
@@ -221,13 +230,10 @@ unsafe fn quantize_row_avx2(xs: &[f32], qs: &mut [i8], scales: &mut [f32], mut s
             let packed = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
             _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, _mm256_permutevar8x32_epi32(packed, order));
             scales[b] = scale;
-            if let Some(sums) = sums.as_deref_mut() {
-                let t = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
-                let t4 = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
-                let t2 = _mm_add_epi32(t4, _mm_unpackhi_epi64(t4, t4));
-                let total = _mm_cvtsi128_si32(_mm_add_epi32(t2, _mm_shuffle_epi32(t2, 1)));
-                sums[b] = total as f32 * scale;
-            }
+            let t = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
+            let t4 = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+            let t2 = _mm_add_epi32(t4, _mm_unpackhi_epi64(t4, t4));
+            sums[b] = _mm_cvtsi128_si32(_mm_add_epi32(t2, _mm_shuffle_epi32(t2, 1)));
         }
     }
 }
@@ -262,6 +268,12 @@ pub(crate) trait Format: Sized {
     /// the activations; `out` is valid for its elements, which nothing else
     /// accesses meanwhile.
     unsafe fn tile<const R: usize, const C: usize>(w: &PanelMatrix<Self>, acts: &Acts, at: TileAt);
+    /// [`Format::tile`] for `2·P` panels with 512-bit AVX512-VNNI (see
+    /// [`wide`]), bit for bit the same.
+    ///
+    /// # Safety
+    /// As for [`Format::tile`], and the CPU has AVX-512 F, BW and VNNI.
+    unsafe fn tile_wide<const R: usize, const P: usize>(w: &PanelMatrix<Self>, acts: &Acts, at: TileAt);
 }
 
 /// GGUF's Q4_1. A panel block is four 32-byte vectors of nibbles (vector
@@ -305,6 +317,11 @@ impl Format for Q4 {
         // SAFETY: forwarded contract; `vnni` only where [`vnni`] said so.
         unsafe { if at.vnni { q4_tile_vnni::<R, C>(w, acts, at) } else { q4_tile::<R, C>(w, acts, at) } }
     }
+
+    unsafe fn tile_wide<const R: usize, const P: usize>(w: &PanelMatrix<Self>, acts: &Acts, at: TileAt) {
+        // SAFETY: forwarded contract.
+        unsafe { q4_tile_wide::<R, P>(w, acts, at) }
+    }
 }
 
 impl Format for Q8 {
@@ -327,6 +344,11 @@ impl Format for Q8 {
     unsafe fn tile<const R: usize, const C: usize>(w: &PanelMatrix<Self>, acts: &Acts, at: TileAt) {
         // SAFETY: forwarded contract; `vnni` only where [`vnni`] said so.
         unsafe { if at.vnni { q8_tile_vnni::<R, C>(w, acts, at) } else { q8_tile::<R, C>(w, acts, at) } }
+    }
+
+    unsafe fn tile_wide<const R: usize, const P: usize>(w: &PanelMatrix<Self>, acts: &Acts, at: TileAt) {
+        // SAFETY: forwarded contract.
+        unsafe { q8_tile_wide::<R, P>(w, acts, at) }
     }
 }
 
@@ -442,13 +464,19 @@ impl<F: Format> PanelMatrix<F> {
     /// rows, and writes its columns straight into `out`.
     pub(crate) fn matmul_into(&self, x: &[f32], m: usize, out: &mut [f32], add: bool) {
         assert!(x.len() >= m * self.k && out.len() >= m * self.n, "quantized matmul: buffers too small");
-        let vnni = vnni();
+        let (vnni, wide) = (vnni(), wide());
         with_acts(x, m, self.k, F::MINS, |acts| {
             let out_ptr = SendPtr(out.as_mut_ptr());
             // One row (decoding) is bound by memory: more panels per call
             // keep more streams in flight. Batches reuse each weight vector
-            // for four rows.
-            let (tr, tc) = if m == 1 { (1, 4) } else { (4, 2) };
+            // for four rows, or eight in the 512-bit kernels (32 registers).
+            let (tr, tc) = if m == 1 {
+                (1, 4)
+            } else if wide {
+                (8, 2)
+            } else {
+                (4, 2)
+            };
             run_chunks(self.panels, tc, |p0, p1| {
                 for rb in (0..m).step_by(ROW_BLOCK) {
                     let re = (rb + ROW_BLOCK).min(m);
@@ -465,7 +493,7 @@ impl<F: Format> PanelMatrix<F> {
                             // tile of one task.
                             let at =
                                 TileAt { p0: p, r0: r, out: out_ptr.get(), ld: self.n, add, prefetch: r == rb, vnni };
-                            unsafe { dispatch::<F>(rr, c, self, acts, at) };
+                            unsafe { run_tile::<F>(rr, c, self, acts, at, wide) };
                             r += rr;
                         }
                         p += c;
@@ -599,6 +627,74 @@ fn vnni() -> bool {
     })
 }
 
+/// Whether the 512-bit kernels ([`q4_tile_wide`], [`q8_tile_wide`]) run
+/// here: the CPU has AVX-512 F, BW and VNNI, and they gave bit for bit
+/// what the AVX2 kernels give (checked once, see [`wide_agrees`]).
+fn wide() -> bool {
+    static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WIDE.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        if wide_present() {
+            if wide_agrees() {
+                return true;
+            }
+            tracing::warn!("the 512-bit quantized kernels disagree with the AVX2 ones on this CPU; not using them");
+        }
+        false
+    })
+}
+
+/// Whether this CPU has what the 512-bit kernels need.
+#[cfg(target_arch = "x86_64")]
+fn wide_present() -> bool {
+    supported()
+        && std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512vnni")
+}
+
+/// Runs every 512-bit tile shape of both formats, at each panel pair of a
+/// matrix whose last panel is partial, against the AVX2 kernel one row
+/// and panel at a time, overwriting and adding, and compares the bits.
+#[cfg(target_arch = "x86_64")]
+fn wide_agrees() -> bool {
+    let (q4, q8, acts, m) = check_inputs();
+    fn agree_on<F: Format>(w: &PanelMatrix<F>, acts: &Acts, m: usize) -> bool {
+        let start: Vec<f32> = (0..m * w.n).map(|i| i as f32 * 0.25 - 7.0).collect();
+        WIDE_SHAPES.iter().all(|&(rows, pairs)| {
+            (0..w.panels / (2 * pairs)).all(|at| {
+                let p0 = at * 2 * pairs;
+                [false, true].into_iter().all(|add| {
+                    let tile = |p0: usize, r0: usize, out: &mut Vec<f32>| TileAt {
+                        p0,
+                        r0,
+                        out: out.as_mut_ptr(),
+                        ld: w.n,
+                        add,
+                        prefetch: true,
+                        vnni: false,
+                    };
+                    let mut wide = start.clone();
+                    let mut plain = start.clone();
+                    // SAFETY: the caller's CPU has AVX-512 F/BW/VNNI
+                    // (`wide_present`) and AVX2; every tile lies inside
+                    // `w`, `acts` and the output.
+                    unsafe {
+                        dispatch_wide::<F>(rows, pairs, w, acts, tile(p0, 0, &mut wide));
+                        for r in 0..rows {
+                            for p in p0..p0 + 2 * pairs {
+                                dispatch::<F>(1, 1, w, acts, tile(p, r, &mut plain));
+                            }
+                        }
+                    }
+                    plain.iter().zip(&wide).all(|(x, y)| x.to_bits() == y.to_bits())
+                })
+            })
+        })
+    }
+    agree_on(&q4, &acts, m) && agree_on(&q8, &acts, m)
+}
+
 /// Runs every tile shape of both formats through the AVX2 and the VNNI
 /// kernels on random weights (codes -128 and 15 included) and
 /// activations, overwriting and adding, and compares the bits.
@@ -607,12 +703,13 @@ fn vnni_agrees() -> bool {
     kernels_agree(true)
 }
 
-/// [`vnni_agrees`] against the kernels chosen by `vnni` (which this CPU
-/// must run).
+/// The self-checks' inputs: random Q4_1 and 8-bit weights of four panels,
+/// the last one partial (codes -128 and 15 included), and eight rows of
+/// quantized activations.
 #[cfg(target_arch = "x86_64")]
-fn kernels_agree(vnni: bool) -> bool {
+fn check_inputs() -> (Q4Matrix, Q8Matrix, Acts, usize) {
     use rand::{Rng, SeedableRng};
-    let (n, k, m) = (4 * PANEL - 3, 3 * Q8_BLOCK, 4);
+    let (n, k, m) = (4 * PANEL - 3, 3 * Q8_BLOCK, 8);
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x9e37_79b9_7f4a_7c15);
     let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-2.0f32..2.0)).collect();
     let mut q4 = Q4Matrix::zeroed(n, k).expect("k is a multiple of 32");
@@ -632,6 +729,14 @@ fn kernels_agree(vnni: bool) -> bool {
     }
     let mut acts = Acts::empty();
     acts.fill(&x, m, k, true);
+    (q4, q8, acts, m)
+}
+
+/// [`vnni_agrees`] against the kernels chosen by `vnni` (which this CPU
+/// must run).
+#[cfg(target_arch = "x86_64")]
+fn kernels_agree(vnni: bool) -> bool {
+    let (q4, q8, acts, m) = check_inputs();
     fn agree_on<F: Format>(w: &PanelMatrix<F>, acts: &Acts, m: usize, vnni: bool) -> bool {
         let start: Vec<f32> = (0..m * w.n).map(|i| i as f32 * 0.25 - 7.0).collect();
         SHAPES.iter().all(|&(rows, panels)| {
@@ -679,6 +784,61 @@ unsafe fn dispatch<F: Format>(rows: usize, panels: usize, w: &PanelMatrix<F>, ac
     unsafe { tile_shapes!(shapes) }
 }
 
+/// Calls `$then!` with the 512-bit tile shapes, as `(rows, panel pairs)`:
+/// up to eight rows of one pair (batches), or one row of two (decoding).
+macro_rules! wide_shapes {
+    ($then:ident) => {
+        $then!((1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1), (7, 1), (8, 1), (1, 2))
+    };
+}
+
+/// [`dispatch`] for the 512-bit kernels (`rows` ≤ 8 of one pair, or one
+/// row of two pairs).
+///
+/// # Safety
+/// As for [`Format::tile_wide`].
+unsafe fn dispatch_wide<F: Format>(rows: usize, pairs: usize, w: &PanelMatrix<F>, acts: &Acts, at: TileAt) {
+    macro_rules! shapes {
+        ($(($r:literal, $p:literal)),*) => {
+            match (rows, pairs) {
+                $(($r, $p) => F::tile_wide::<$r, $p>(w, acts, at),)*
+                _ => unreachable!("wide tile shape {rows}×{pairs}"),
+            }
+        };
+    }
+    // SAFETY: forwarded contract.
+    unsafe { wide_shapes!(shapes) }
+}
+
+/// The shapes [`dispatch_wide`] knows.
+#[cfg(target_arch = "x86_64")]
+const WIDE_SHAPES: &[(usize, usize)] = {
+    macro_rules! list {
+        ($(($r:literal, $p:literal)),*) => { &[$(($r, $p)),*] };
+    }
+    wide_shapes!(list)
+};
+
+/// Runs a tile of `rows` (≤ 8) × `panels` (≤ 4): through the 512-bit
+/// kernels when `wide` and the panels pair up, else through the 256-bit
+/// ones four rows at a time.
+///
+/// # Safety
+/// As for [`Format::tile`]; `wide` only where [`wide`] said so.
+unsafe fn run_tile<F: Format>(rows: usize, panels: usize, w: &PanelMatrix<F>, acts: &Acts, at: TileAt, wide: bool) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        if wide && panels.is_multiple_of(2) {
+            dispatch_wide::<F>(rows, panels / 2, w, acts, at);
+            return;
+        }
+        for r in (0..rows).step_by(4) {
+            let part = TileAt { r0: at.r0 + r, prefetch: at.prefetch && r == 0, ..at };
+            dispatch::<F>((rows - r).min(4), panels, w, acts, part);
+        }
+    }
+}
+
 /// The tile shapes [`dispatch`] knows (the self-check runs each).
 #[cfg(target_arch = "x86_64")]
 const SHAPES: &[(usize, usize)] = {
@@ -694,6 +854,7 @@ struct TileRows<const R: usize> {
     qs: [*const u8; R],
     scales: [*const f32; R],
     sums: [*const f32; R],
+    isums: [*const i32; R],
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -708,6 +869,7 @@ impl<const R: usize> TileRows<R> {
                 qs: std::array::from_fn(|r| acts.qs.as_ptr().add((r0 + r) * k) as *const u8),
                 scales: std::array::from_fn(|r| acts.scales.as_ptr().add((r0 + r) * kb)),
                 sums: std::array::from_fn(|r| acts.sums.as_ptr().wrapping_add((r0 + r) * kb)),
+                isums: std::array::from_fn(|r| acts.isums.as_ptr().add((r0 + r) * kb)),
             }
         }
     }
@@ -914,6 +1076,214 @@ q8_kernel!(
     step: |dot, w, a| _mm256_dpbusd_epi32(dot, w, a)
 );
 
+/// The pointers a 512-bit tile reads: pair `j` is panels `p0 + 2j` and
+/// `p0 + 2j + 1`, one in each 256-bit half of a vector.
+#[cfg(target_arch = "x86_64")]
+struct WideInputs<const R: usize, const P: usize> {
+    lo: [*const u8; P],
+    hi: [*const u8; P],
+    rows: TileRows<R>,
+    next: Prefetch,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<F: Format> PanelMatrix<F> {
+    /// # Safety
+    /// Panels `p0..p0 + 2P` and rows `r0..r0 + R` exist.
+    unsafe fn wide_inputs<const R: usize, const P: usize>(&self, acts: &Acts, at: TileAt) -> WideInputs<R, P> {
+        let per_panel = self.kb * F::PANEL_BLOCK;
+        let panel = |c: usize| self.data.as_ptr().wrapping_add((at.p0 + c) * per_panel);
+        // SAFETY: the rows exist (contract).
+        let rows = unsafe { TileRows::new(acts, at.r0, self.k, self.kb) };
+        WideInputs {
+            lo: std::array::from_fn(|j| panel(2 * j)),
+            hi: std::array::from_fn(|j| panel(2 * j + 1)),
+            rows,
+            next: Prefetch::new(&self.data, (at.p0 + 2 * P) * per_panel, 2 * P * F::PANEL_BLOCK, at.prefetch),
+        }
+    }
+}
+
+/// 32 bytes from each of two panels as one vector.
+///
+/// # Safety
+/// AVX-512 F; both pointers are valid for 32 bytes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f")]
+#[inline]
+unsafe fn load_pair(lo: *const u8, hi: *const u8) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    // SAFETY: see the function's contract.
+    unsafe {
+        _mm512_inserti64x4::<1>(
+            _mm512_castsi256_si512(_mm256_loadu_si256(lo as *const __m256i)),
+            _mm256_loadu_si256(hi as *const __m256i),
+        )
+    }
+}
+
+/// Eight f16 values from each of two panels as sixteen f32.
+///
+/// # Safety
+/// AVX-512 F; both pointers are valid for 16 bytes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c,avx512f")]
+#[inline]
+unsafe fn load_pair_f16(lo: *const u8, hi: *const u8) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    // SAFETY: see the function's contract.
+    unsafe {
+        _mm512_cvtph_ps(_mm256_inserti128_si256::<1>(
+            _mm256_castsi128_si256(_mm_loadu_si128(lo as *const __m128i)),
+            _mm_loadu_si128(hi as *const __m128i),
+        ))
+    }
+}
+
+/// Writes (or adds) the first `valid` of sixteen lanes at `dst`.
+///
+/// # Safety
+/// AVX-512 F; `dst` is valid for `valid.min(16)` floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f")]
+#[inline]
+unsafe fn store_lanes_wide(dst: *mut f32, v: std::arch::x86_64::__m512, valid: usize, add: bool) {
+    use std::arch::x86_64::*;
+    // Masked loads and stores leave the lanes past `valid` alone, and do
+    // not fault there.
+    let mask: __mmask16 = if valid >= 2 * PANEL { !0 } else { (1u16 << valid) - 1 };
+    // SAFETY: see the function's contract.
+    unsafe {
+        let v = if add { _mm512_add_ps(_mm512_maskz_loadu_ps(mask, dst), v) } else { v };
+        _mm512_mask_storeu_ps(dst, mask, v);
+    }
+}
+
+/// Q4_1 tile over `2·P` panels with 512-bit AVX512-VNNI: a vector holds
+/// a step of two panels (sixteen outputs), so each weight vector is
+/// unpacked once for up to eight rows and each instruction does twice
+/// the work of [`q4_tile_vnni`]'s. Every lane goes through the AVX2
+/// kernel's operations in its order (exact integer dot product per block,
+/// then `fma(x, d·da, acc)` and `fma(m, da·Σa, acc)`), so the results are
+/// the same bits.
+///
+/// # Safety
+/// As for [`Format::tile_wide`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+#[allow(clippy::needless_range_loop)]
+unsafe fn q4_tile_wide<const R: usize, const P: usize>(w: &PanelMatrix<Q4>, acts: &Acts, at: TileAt) {
+    use std::arch::x86_64::*;
+    let TileAt { p0, r0, out, ld, add, .. } = at;
+    // SAFETY: see the function's contract.
+    unsafe {
+        let (kb, pb) = (w.kb, Q4::PANEL_BLOCK);
+        let WideInputs { lo, hi, rows, next } = w.wide_inputs::<R, P>(acts, at);
+        let low = _mm512_set1_epi8(0x0f);
+        let mut acc = [[_mm512_setzero_ps(); P]; R];
+        for b in 0..kb {
+            next.block(b);
+            let mut dot = [[_mm512_setzero_si512(); P]; R];
+            // See q4_kernel on the opaque trip count.
+            for v in 0..w.vectors {
+                let at = b * pb + v * 32;
+                let raw: [__m512i; P] = std::array::from_fn(|j| load_pair(lo[j].add(at), hi[j].add(at)));
+                for half in 0..2 {
+                    let wv: [__m512i; P] = std::array::from_fn(|j| {
+                        if half == 0 {
+                            _mm512_and_si512(raw[j], low)
+                        } else {
+                            _mm512_and_si512(_mm512_srli_epi16::<4>(raw[j]), low)
+                        }
+                    });
+                    let q = b * Q8_BLOCK + 4 * (2 * v + half);
+                    for r in 0..R {
+                        let a = _mm512_set1_epi32((rows.qs[r].add(q) as *const i32).read_unaligned());
+                        for j in 0..P {
+                            dot[r][j] = _mm512_dpbusd_epi32(dot[r][j], wv[j], a);
+                        }
+                    }
+                }
+            }
+            let d: [__m512; P] =
+                std::array::from_fn(|j| load_pair_f16(lo[j].add(b * pb + 128), hi[j].add(b * pb + 128)));
+            let mins: [__m512; P] =
+                std::array::from_fn(|j| load_pair_f16(lo[j].add(b * pb + 144), hi[j].add(b * pb + 144)));
+            for r in 0..R {
+                let da = _mm512_set1_ps(*rows.scales[r].add(b));
+                let sa = _mm512_set1_ps(*rows.sums[r].add(b));
+                for j in 0..P {
+                    let x = _mm512_cvtepi32_ps(dot[r][j]);
+                    acc[r][j] = _mm512_fmadd_ps(x, _mm512_mul_ps(d[j], da), acc[r][j]);
+                    acc[r][j] = _mm512_fmadd_ps(mins[j], sa, acc[r][j]);
+                }
+            }
+        }
+        for r in 0..R {
+            for j in 0..P {
+                let col = (p0 + 2 * j) * PANEL;
+                store_lanes_wide(out.add((r0 + r) * ld + col), acc[r][j], w.n - col, add);
+            }
+        }
+    }
+}
+
+/// 8-bit tile over `2·P` panels with 512-bit AVX512-VNNI. `vpdpbusd`
+/// wants unsigned weights, and AVX-512 has no `vpsignb` for the sign
+/// trick, so the weights go in offset by 128 (`w ^ 0x80`, 0..255) and
+/// the block's `128·Σa` comes off the exact 32-bit sum afterwards: the
+/// same integer as the AVX2 kernel's, then the same `fma(x, d·da, acc)`.
+///
+/// # Safety
+/// As for [`Format::tile_wide`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+#[allow(clippy::needless_range_loop)]
+unsafe fn q8_tile_wide<const R: usize, const P: usize>(w: &PanelMatrix<Q8>, acts: &Acts, at: TileAt) {
+    use std::arch::x86_64::*;
+    let TileAt { p0, r0, out, ld, add, .. } = at;
+    // SAFETY: see the function's contract.
+    unsafe {
+        let (kb, pb) = (w.kb, Q8::PANEL_BLOCK);
+        let WideInputs { lo, hi, rows, next } = w.wide_inputs::<R, P>(acts, at);
+        let flip = _mm512_set1_epi8(i8::MIN);
+        let mut acc = [[_mm512_setzero_ps(); P]; R];
+        for b in 0..kb {
+            next.block(b);
+            let mut dot = [[_mm512_setzero_si512(); P]; R];
+            // See q4_kernel on the opaque trip count.
+            for step in 0..w.vectors {
+                let at = b * pb + step * 32;
+                let wv: [__m512i; P] =
+                    std::array::from_fn(|j| _mm512_xor_si512(load_pair(lo[j].add(at), hi[j].add(at)), flip));
+                let q = b * Q8_BLOCK + 4 * step;
+                for r in 0..R {
+                    let a = _mm512_set1_epi32((rows.qs[r].add(q) as *const i32).read_unaligned());
+                    for j in 0..P {
+                        dot[r][j] = _mm512_dpbusd_epi32(dot[r][j], wv[j], a);
+                    }
+                }
+            }
+            let d: [__m512; P] =
+                std::array::from_fn(|j| load_pair_f16(lo[j].add(b * pb + 256), hi[j].add(b * pb + 256)));
+            for r in 0..R {
+                let da = _mm512_set1_ps(*rows.scales[r].add(b));
+                let offset = _mm512_set1_epi32(128 * *rows.isums[r].add(b));
+                for j in 0..P {
+                    let x = _mm512_cvtepi32_ps(_mm512_sub_epi32(dot[r][j], offset));
+                    acc[r][j] = _mm512_fmadd_ps(x, _mm512_mul_ps(d[j], da), acc[r][j]);
+                }
+            }
+        }
+        for r in 0..R {
+            for j in 0..P {
+                let col = (p0 + 2 * j) * PANEL;
+                store_lanes_wide(out.add((r0 + r) * ld + col), acc[r][j], w.n - col, add);
+            }
+        }
+    }
+}
+
 /// Prefetches the panels after a tile's while the tile runs: `per` bytes
 /// (one block of each of its panels) for each block, the first row tile
 /// of a pass only. The hardware prefetcher does not run ahead across the
@@ -989,6 +1359,16 @@ unsafe fn q4_tile_vnni<const R: usize, const C: usize>(_: &PanelMatrix<Q4>, _: &
 
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn q8_tile_vnni<const R: usize, const C: usize>(_: &PanelMatrix<Q8>, _: &Acts, _: TileAt) {
+    unreachable!("the quantized kernels need x86-64 (supported() is false here)")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn q4_tile_wide<const R: usize, const P: usize>(_: &PanelMatrix<Q4>, _: &Acts, _: TileAt) {
+    unreachable!("the quantized kernels need x86-64 (supported() is false here)")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn q8_tile_wide<const R: usize, const P: usize>(_: &PanelMatrix<Q8>, _: &Acts, _: TileAt) {
     unreachable!("the quantized kernels need x86-64 (supported() is false here)")
 }
 
@@ -1112,6 +1492,17 @@ mod tests {
     }
 
     #[test]
+    fn wide_kernels_run_only_where_they_agree_with_avx2() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if wide_present() {
+                assert!(wide_agrees(), "the 512-bit kernels differ from the AVX2 ones");
+            }
+            assert_eq!(wide(), wide_present());
+        }
+    }
+
+    #[test]
     fn vector_quantization_matches_scalar() {
         let mut x: Vec<f32> = randn(3.0, (5, 96), 1).flatten_all().unwrap().to_vec1().unwrap();
         x[32..64].fill(0.0); // an all-zero block
@@ -1124,7 +1515,9 @@ mod tests {
         assert_eq!(acts.qs, qs);
         assert_eq!(acts.scales, scales);
         for (b, blk) in qs.chunks_exact(32).enumerate() {
-            assert_eq!(acts.sums[b], blk.iter().map(|&v| v as i32).sum::<i32>() as f32 * scales[b]);
+            let total = blk.iter().map(|&v| v as i32).sum::<i32>();
+            assert_eq!(acts.isums[b], total);
+            assert_eq!(acts.sums[b], total as f32 * scales[b]);
         }
         assert!(acts.qs[32..64].iter().all(|&q| q == 0) && acts.scales[1] == 0.0);
     }
