@@ -372,7 +372,7 @@ const PARALLEL_ROWS: usize = 32;
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let h = w.len();
     let one = |(xr, or): (&[f32], &mut [f32])| {
-        let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>();
+        let ss = kernels::sum_sq(xr);
         let inv = 1.0 / (ss / h as f32 + eps).sqrt();
         for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
             *o = v * inv * g;

@@ -133,7 +133,14 @@ pub(crate) fn sum_exp(xs: &[f32], shift: f32, scale: f32) -> f32 {
     exp_sum(&mut tmp, shift, scale)
 }
 
+/// The largest value of `xs` (NaNs skipped, like `f32::max`; `-inf` when
+/// empty). Every softmax over the vocabulary starts with it.
 pub(crate) fn max_of(xs: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if fast_exp() {
+        // SAFETY: AVX2 is present.
+        return unsafe { max_of_avx2(xs) };
+    }
     // Eight lanes so the compiler keeps independent maxima in registers.
     let mut lanes = [f32::NEG_INFINITY; 8];
     let mut chunks = xs.chunks_exact(8);
@@ -147,6 +154,48 @@ pub(crate) fn max_of(xs: &[f32]) -> f32 {
         m = m.max(l);
     }
     m
+}
+
+/// [`max_of`] with AVX2: `f32::max` compiles to a compare and a blend
+/// per vector for its NaN rule, `maxps(x, m)` gives `m` when `x` is NaN.
+///
+/// # Safety
+/// AVX2 is present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn max_of_avx2(xs: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_set1_ps(f32::NEG_INFINITY); 4];
+    let mut chunks = xs.chunks_exact(32);
+    for c in &mut chunks {
+        for (i, a) in acc.iter_mut().enumerate() {
+            // SAFETY: the chunk holds 32 values.
+            *a = _mm256_max_ps(unsafe { _mm256_loadu_ps(c.as_ptr().add(8 * i)) }, *a);
+        }
+    }
+    let mut eights = chunks.remainder().chunks_exact(8);
+    for c in &mut eights {
+        // SAFETY: the chunk holds 8 values.
+        acc[0] = _mm256_max_ps(unsafe { _mm256_loadu_ps(c.as_ptr()) }, acc[0]);
+    }
+    let m = _mm256_max_ps(_mm256_max_ps(acc[0], acc[1]), _mm256_max_ps(acc[2], acc[3]));
+    let mut lanes = [0f32; 8];
+    // SAFETY: `lanes` holds 8 values.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), m) };
+    lanes.into_iter().chain(eights.remainder().iter().copied()).fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// `Σ x²` in eight interleaved partial sums (a plain sum is one long
+/// chain of dependent adds).
+pub(crate) fn sum_sq(xs: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let mut chunks = xs.chunks_exact(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            lanes[i] += c[i] * c[i];
+        }
+    }
+    lanes.iter().sum::<f32>() + chunks.remainder().iter().map(|v| v * v).sum::<f32>()
 }
 
 pub(crate) fn sum_of(xs: &[f32]) -> f32 {
@@ -271,6 +320,35 @@ pub(crate) fn select_logprobs_cpu(logits: &Tensor, targets: &[u32], temperature:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_of_matches_a_fold_and_skips_nans() {
+        let xs: Vec<f32> = (0..203).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.37).collect();
+        for len in [0, 1, 7, 8, 9, 31, 32, 33, 70, 203] {
+            let want = xs[..len].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(max_of(&xs[..len]), want, "len {len}");
+        }
+        // The largest value in each position class (vector body, tail of
+        // eights, scalar tail), next to NaNs.
+        for at in [3, 40, 200] {
+            let mut v = xs.clone();
+            v[at] = 1e9;
+            let next = (at + 1) % v.len();
+            v[next] = f32::NAN;
+            v[0] = f32::NAN;
+            assert_eq!(max_of(&v), 1e9, "max at {at}");
+        }
+        assert_eq!(max_of(&[f32::NAN; 9]), f32::NEG_INFINITY);
+    }
+
+    #[test]
+    fn sum_sq_matches_f64() {
+        let xs: Vec<f32> = (0..577).map(|i| (i as f32 * 0.61).sin() * 3.0).collect();
+        for len in [0, 5, 8, 576, 577] {
+            let want: f64 = xs[..len].iter().map(|&v| v as f64 * v as f64).sum();
+            assert!((sum_sq(&xs[..len]) as f64 - want).abs() <= 1e-5 * want.max(1.0), "len {len}");
+        }
+    }
 
     #[test]
     fn fast_exp_is_accurate() {
