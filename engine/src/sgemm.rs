@@ -309,6 +309,66 @@ fn pack_a(a: AView, i0: usize, mc: usize, k0: usize, kc: usize, out: &mut [f32])
     }
 }
 
+/// Floats of `A` from which [`prepack_a`] packs in parallel.
+const PARALLEL_PACK: usize = 1 << 16;
+
+/// Packs all of `A` once, for a product whose row blocks (of `mc` rows)
+/// are each shared by several column chunks, whose tasks would otherwise
+/// each pack their rows again. The slice `k0..k0 + kc` of the row block
+/// at `i0` lands at `m_pad·k0 + i0·kc` (`m_pad` = `m` rounded up to
+/// [`MR`]), laid out as [`pack_a`] lays out one block.
+fn prepack_a(a: AView, mc: usize, buf: &mut AlignedBuf) {
+    let (kc_max, m_pad) = (kc_for(a.k), a.m.next_multiple_of(MR));
+    buf.resize(m_pad * a.k);
+    let dst = SendPtr(buf.as_mut_slice().as_mut_ptr());
+    let jobs: Vec<(usize, usize)> =
+        (0..a.k).step_by(kc_max).flat_map(|k0| (0..a.m).step_by(mc).map(move |i0| (k0, i0))).collect();
+    let job = |&(k0, i0): &(usize, usize)| {
+        let (kc, rows) = (kc_max.min(a.k - k0), mc.min(a.m - i0));
+        // SAFETY: slice `k0` spans `m_pad·kc` floats from `m_pad·k0`, and
+        // row block `i0` (a multiple of MR) the `rows` rounded up to MR
+        // times `kc` from `i0·kc` inside it: the jobs' regions are
+        // disjoint and inside the buffer of `m_pad·k` floats.
+        let out = unsafe {
+            std::slice::from_raw_parts_mut(dst.get().add(m_pad * k0 + i0 * kc), rows.next_multiple_of(MR) * kc)
+        };
+        pack_a(a, i0, rows, k0, kc, out);
+    };
+    if a.m * a.k >= PARALLEL_PACK {
+        jobs.par_iter().for_each(job);
+    } else {
+        jobs.iter().for_each(job);
+    }
+}
+
+thread_local! {
+    /// [`prepack_a`]'s buffer, reused across calls.
+    static PREPACKED: RefCell<AlignedBuf> = RefCell::default();
+}
+
+/// Runs `f` with `A` packed once ([`prepack_a`]) when the plan splits its
+/// row blocks between column chunks, else with `None` (each task packs
+/// its own rows).
+fn with_prepacked<R>(a: AView, plan: &Plan, f: impl FnOnce(Option<&[f32]>) -> R) -> R {
+    if plan.nchunks <= 1 || a.k == 0 {
+        return f(None);
+    }
+    let mut f = Some(f);
+    let r = PREPACKED.with(|cell| {
+        let mut buf = cell.try_borrow_mut().ok()?;
+        prepack_a(a, plan.mc, &mut buf);
+        Some((f.take().expect("once"))(Some(buf.as_slice())))
+    });
+    match r {
+        Some(r) => r,
+        None => {
+            let mut buf = AlignedBuf::default();
+            prepack_a(a, plan.mc, &mut buf);
+            (f.take().expect("once"))(Some(buf.as_slice()))
+        }
+    }
+}
+
 /// The inner-dimension slice per pass: `k` split into equal parts of at
 /// most [`KC_MAX`].
 fn kc_for(k: usize) -> usize {
@@ -413,7 +473,9 @@ fn with_scratch<R>(f: impl FnOnce(&mut AlignedBuf, &mut AlignedBuf) -> R) -> R {
 }
 
 /// Computes one task's block of `C` into `c` (row stride `ldc`):
-/// `C = A·B`, or `C += A·B` when `accumulate`.
+/// `C = A·B`, or `C += A·B` when `accumulate`. Its rows of `A` come from
+/// `pre` when all of `A` was packed up front ([`prepack_a`]), else they
+/// are packed into `abuf`.
 #[allow(clippy::too_many_arguments)]
 fn run_block(
     a: AView,
@@ -422,6 +484,7 @@ fn run_block(
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
+    pre: Option<&[f32]>,
     abuf: &mut AlignedBuf,
     kern: Kernels,
 ) {
@@ -430,12 +493,20 @@ fn run_block(
     let panels = b.n.div_ceil(NR);
     let p0 = blk.j0 / NR;
     let p1 = (blk.j0 + blk.cols).div_ceil(NR).min(panels);
-    abuf.resize(blk.rows.div_ceil(MR) * MR * kc_max);
+    let rows_pad = blk.rows.next_multiple_of(MR);
+    if pre.is_none() {
+        abuf.resize(rows_pad * kc_max);
+    }
     let mut k0 = 0;
     while k0 < k {
         let kc = kc_max.min(k - k0);
-        pack_a(a, blk.i0, blk.rows, k0, kc, abuf.as_mut_slice());
-        let ap = abuf.as_slice();
+        let ap: &[f32] = match pre {
+            Some(all) => &all[a.m.next_multiple_of(MR) * k0 + blk.i0 * kc..][..rows_pad * kc],
+            None => {
+                pack_a(a, blk.i0, blk.rows, k0, kc, abuf.as_mut_slice());
+                abuf.as_slice()
+            }
+        };
         let mut p = p0;
         while p < p1 {
             // Blocks end on a panel boundary or at `n`, so a second full
@@ -512,20 +583,22 @@ unsafe fn gemm_with(kern: Kernels, a: AView, b: BView, c: *mut f32, ldc: usize, 
     }
     let plan = Plan::new(m, n, MC, 1, parallel);
     let cptr = SendPtr(c);
-    let task = |t: usize| {
-        let blk = block(&plan, m, n, t);
-        with_scratch(|abuf, _| {
-            // SAFETY: blocks of different tasks are disjoint and inside C.
-            let cp = unsafe { cptr.get().add(blk.i0 * ldc + blk.j0) };
-            run_block(a, b, blk, cp, ldc, accumulate, abuf, kern)
-        })
-    };
-    let tasks = plan.tasks();
-    if parallel && tasks > 1 {
-        (0..tasks).into_par_iter().for_each(task);
-    } else {
-        (0..tasks).for_each(task);
-    }
+    with_prepacked(a, &plan, |pre| {
+        let task = |t: usize| {
+            let blk = block(&plan, m, n, t);
+            with_scratch(|abuf, _| {
+                // SAFETY: blocks of different tasks are disjoint and inside C.
+                let cp = unsafe { cptr.get().add(blk.i0 * ldc + blk.j0) };
+                run_block(a, b, blk, cp, ldc, accumulate, pre, abuf, kern)
+            })
+        };
+        let tasks = plan.tasks();
+        if parallel && tasks > 1 {
+            (0..tasks).into_par_iter().for_each(task);
+        } else {
+            (0..tasks).for_each(task);
+        }
+    })
 }
 
 fn block(plan: &Plan, m: usize, n: usize, t: usize) -> Block {
@@ -549,20 +622,23 @@ where
     if m == 0 || n == 0 {
         return Vec::new();
     }
-    let task = |t: usize| {
-        let blk = block(&plan, m, n, t);
-        with_scratch(|abuf, cbuf| {
-            cbuf.resize(blk.rows * blk.cols);
-            if a.k == 0 {
-                cbuf.as_mut_slice().fill(0.0);
-            } else {
-                run_block(a, b, blk, cbuf.as_mut_slice().as_mut_ptr(), blk.cols, false, abuf, kernels());
-            }
-            f(blk, cbuf.as_slice())
-        })
-    };
-    let tasks = plan.tasks();
-    if tasks > 1 { (0..tasks).into_par_iter().map(task).collect() } else { (0..tasks).map(task).collect() }
+    with_prepacked(a, &plan, |pre| {
+        let task = |t: usize| {
+            let blk = block(&plan, m, n, t);
+            with_scratch(|abuf, cbuf| {
+                cbuf.resize(blk.rows * blk.cols);
+                if a.k == 0 {
+                    cbuf.as_mut_slice().fill(0.0);
+                } else {
+                    let c = cbuf.as_mut_slice().as_mut_ptr();
+                    run_block(a, b, blk, c, blk.cols, false, pre, abuf, kernels());
+                }
+                f(blk, cbuf.as_slice())
+            })
+        };
+        let tasks = plan.tasks();
+        if tasks > 1 { (0..tasks).into_par_iter().map(task).collect() } else { (0..tasks).map(task).collect() }
+    })
 }
 
 /// One register tile: `rows × cols` (at most `MR × NR`) of `C` at `c`.
