@@ -162,7 +162,11 @@ fn wide_exp_agrees() -> bool {
     if !(fast_exp() && std::is_x86_feature_detected!("avx512f")) {
         return false;
     }
-    let xs: Vec<f32> = (0..301).map(|i| (i as f32 * 0.61 - 95.0) * (1.0 + (i % 7) as f32 * 0.1)).collect();
+    // From below the lower clamp (-87.3 after shift and scale) to e^62,
+    // shuffled so that short prefixes span the range too, and one value
+    // past the upper clamp (e^88): the sums stay finite.
+    let mut xs: Vec<f32> = (0..301).map(|i| ((i * 37) % 301) as f32 * 0.5 - 100.0).collect();
+    xs[20] = 80.0;
     [0, 7, 8, 15, 16, 17, 24, 31, 40, 301].iter().all(|&len| {
         let (mut a, mut b) = (vec![0f32; len], vec![0f32; len]);
         // SAFETY: AVX2, FMA and AVX-512 F were checked above; `xs` holds
@@ -173,7 +177,8 @@ fn wide_exp_agrees() -> bool {
                 exp_sum_avx512(xs.as_ptr(), b.as_mut_ptr(), len, 0.5, 1.25),
             )
         };
-        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()) && (sa - sb).abs() <= 1e-5 * sa.abs()
+        // The sums add the same values in another order.
+        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()) && (sa - sb).abs() <= 1e-4 * sa.abs()
     })
 }
 
