@@ -759,65 +759,39 @@ fn kernels_agree(vnni: bool) -> bool {
     agree_on(&q4, &acts, m, vnni) && agree_on(&q8, &acts, m, vnni)
 }
 
-/// Calls `$then!` with the tile shapes the kernels are compiled for, as
-/// `(rows, panels)`: one list for [`dispatch`] and [`SHAPES`].
-macro_rules! tile_shapes {
-    ($then:ident) => {
-        $then!((1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2), (3, 1), (3, 2), (4, 1), (4, 2))
+/// Defines `$name`, which calls `F::$kernel` for a runtime tile shape,
+/// and `$list`, the shapes it knows (the self-checks run each), from one
+/// list of shapes.
+macro_rules! shape_dispatch {
+    ($(#[$attr:meta])* $name:ident, $list:ident, $kernel:ident: $(($a:literal, $b:literal)),*) => {
+        $(#[$attr])*
+        ///
+        /// # Safety
+        /// As for the kernel it calls.
+        unsafe fn $name<F: Format>(a: usize, b: usize, w: &PanelMatrix<F>, acts: &Acts, at: TileAt) {
+            match (a, b) {
+                // SAFETY: forwarded contract.
+                $(($a, $b) => unsafe { F::$kernel::<$a, $b>(w, acts, at) },)*
+                _ => unreachable!("{}: no kernel for the shape {a}×{b}", stringify!($name)),
+            }
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        const $list: &[(usize, usize)] = &[$(($a, $b)),*];
     };
 }
 
-/// Calls the kernel for a runtime tile shape (`rows` ≤ 4, `panels` ≤ 4).
-///
-/// # Safety
-/// As for [`Format::tile`].
-unsafe fn dispatch<F: Format>(rows: usize, panels: usize, w: &PanelMatrix<F>, acts: &Acts, at: TileAt) {
-    macro_rules! shapes {
-        ($(($r:literal, $c:literal)),*) => {
-            match (rows, panels) {
-                $(($r, $c) => F::tile::<$r, $c>(w, acts, at),)*
-                _ => unreachable!("tile shape {rows}×{panels}"),
-            }
-        };
-    }
-    // SAFETY: forwarded contract.
-    unsafe { tile_shapes!(shapes) }
-}
+shape_dispatch!(
+    /// Calls the 256-bit kernel for `(rows, panels)`: up to four rows of
+    /// two panels, or one row of up to four.
+    dispatch, SHAPES, tile: (1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2), (3, 1), (3, 2), (4, 1), (4, 2)
+);
 
-/// Calls `$then!` with the 512-bit tile shapes, as `(rows, panel pairs)`:
-/// up to eight rows of one pair (batches), or one row of two (decoding).
-macro_rules! wide_shapes {
-    ($then:ident) => {
-        $then!((1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1), (7, 1), (8, 1), (1, 2))
-    };
-}
-
-/// [`dispatch`] for the 512-bit kernels (`rows` ≤ 8 of one pair, or one
-/// row of two pairs).
-///
-/// # Safety
-/// As for [`Format::tile_wide`].
-unsafe fn dispatch_wide<F: Format>(rows: usize, pairs: usize, w: &PanelMatrix<F>, acts: &Acts, at: TileAt) {
-    macro_rules! shapes {
-        ($(($r:literal, $p:literal)),*) => {
-            match (rows, pairs) {
-                $(($r, $p) => F::tile_wide::<$r, $p>(w, acts, at),)*
-                _ => unreachable!("wide tile shape {rows}×{pairs}"),
-            }
-        };
-    }
-    // SAFETY: forwarded contract.
-    unsafe { wide_shapes!(shapes) }
-}
-
-/// The shapes [`dispatch_wide`] knows.
-#[cfg(target_arch = "x86_64")]
-const WIDE_SHAPES: &[(usize, usize)] = {
-    macro_rules! list {
-        ($(($r:literal, $p:literal)),*) => { &[$(($r, $p)),*] };
-    }
-    wide_shapes!(list)
-};
+shape_dispatch!(
+    /// Calls the 512-bit kernel for `(rows, panel pairs)`: up to eight rows
+    /// of one pair (batches), or one row of two (decoding).
+    dispatch_wide, WIDE_SHAPES, tile_wide: (1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1), (7, 1), (8, 1), (1, 2)
+);
 
 /// Runs a tile of `rows` (≤ 8) × `panels` (≤ 4): through the 512-bit
 /// kernels when `wide` and the panels pair up, else through the 256-bit
@@ -838,15 +812,6 @@ unsafe fn run_tile<F: Format>(rows: usize, panels: usize, w: &PanelMatrix<F>, ac
         }
     }
 }
-
-/// The tile shapes [`dispatch`] knows (the self-check runs each).
-#[cfg(target_arch = "x86_64")]
-const SHAPES: &[(usize, usize)] = {
-    macro_rules! list {
-        ($(($r:literal, $c:literal)),*) => { &[$(($r, $c)),*] };
-    }
-    tile_shapes!(list)
-};
 
 /// The activation pointers and block scales a tile reads.
 #[cfg(target_arch = "x86_64")]
