@@ -197,20 +197,37 @@ pub(crate) fn exp_in_place(xs: &mut [f32]) {
     exp_sum(xs, 0.0, 1.0);
 }
 
-/// `xs[i] = exp((xs[i] - shift) * scale)` in place; returns the sum (a
-/// softmax's numerator and denominator in one pass).
-pub(crate) fn exp_sum(xs: &mut [f32], shift: f32, scale: f32) -> f32 {
+/// `dst[i] = exp((src[i] - shift) * scale)` for `len` values (nothing
+/// stored when `dst` is null; `dst` may be `src`) on the vector kernels,
+/// and their sum; `None` where the CPU has none.
+///
+/// # Safety
+/// `src` is readable for `len` floats and `dst`, unless null, writable
+/// for as many.
+unsafe fn exp_sum_vector(src: *const f32, dst: *mut f32, len: usize, shift: f32, scale: f32) -> Option<f32> {
     #[cfg(target_arch = "x86_64")]
     if fast_exp() {
         // SAFETY: the features the functions were compiled for are
-        // present; source and destination are `xs`.
-        return unsafe {
+        // present; the buffers as the caller promised.
+        return Some(unsafe {
             if wide_exp() {
-                exp_sum_avx512(xs.as_ptr(), xs.as_mut_ptr(), xs.len(), shift, scale)
+                exp_sum_avx512(src, dst, len, shift, scale)
             } else {
-                exp_sum_avx2(xs.as_ptr(), xs.as_mut_ptr(), xs.len(), shift, scale)
+                exp_sum_avx2(src, dst, len, shift, scale)
             }
-        };
+        });
+    }
+    let _ = (src, dst, len, shift, scale);
+    None
+}
+
+/// `xs[i] = exp((xs[i] - shift) * scale)` in place; returns the sum (a
+/// softmax's numerator and denominator in one pass).
+pub(crate) fn exp_sum(xs: &mut [f32], shift: f32, scale: f32) -> f32 {
+    let p = xs.as_mut_ptr();
+    // SAFETY: source and destination are `xs`.
+    if let Some(sum) = unsafe { exp_sum_vector(p, p, xs.len(), shift, scale) } {
+        return sum;
     }
     for x in xs.iter_mut() {
         *x = (*x - shift) * scale;
@@ -219,18 +236,23 @@ pub(crate) fn exp_sum(xs: &mut [f32], shift: f32, scale: f32) -> f32 {
     sum_of(xs)
 }
 
+/// [`exp_sum`] of `src` written to the front of `dst` (a sampler's
+/// probabilities from the logits, without copying them first).
+pub(crate) fn exp_sum_to(src: &[f32], dst: &mut [f32], shift: f32, scale: f32) -> f32 {
+    let dst = &mut dst[..src.len()];
+    // SAFETY: `src` and `dst` hold `src.len()` floats each.
+    if let Some(sum) = unsafe { exp_sum_vector(src.as_ptr(), dst.as_mut_ptr(), src.len(), shift, scale) } {
+        return sum;
+    }
+    dst.copy_from_slice(src);
+    exp_sum(dst, shift, scale)
+}
+
 /// `Σ exp((x - shift) * scale)` over `xs`, which is only read.
 pub(crate) fn sum_exp(xs: &[f32], shift: f32, scale: f32) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if fast_exp() {
-        // SAFETY: as above, with nothing stored.
-        return unsafe {
-            if wide_exp() {
-                exp_sum_avx512(xs.as_ptr(), std::ptr::null_mut(), xs.len(), shift, scale)
-            } else {
-                exp_sum_avx2(xs.as_ptr(), std::ptr::null_mut(), xs.len(), shift, scale)
-            }
-        };
+    // SAFETY: `xs` holds its length in floats; nothing is stored.
+    if let Some(sum) = unsafe { exp_sum_vector(xs.as_ptr(), std::ptr::null_mut(), xs.len(), shift, scale) } {
+        return sum;
     }
     let mut tmp: Vec<f32> = xs.to_vec();
     exp_sum(&mut tmp, shift, scale)
@@ -454,6 +476,19 @@ mod tests {
             assert_eq!(max_of(&v), 1e9, "max at {at}");
         }
         assert_eq!(max_of(&[f32::NAN; 9]), f32::NEG_INFINITY);
+    }
+
+    #[test]
+    fn exp_sum_to_is_exp_sum_of_a_copy() {
+        let xs: Vec<f32> = (0..203).map(|i| (i as f32 * 0.37).sin() * 20.0).collect();
+        for len in [0, 5, 8, 16, 37, 203] {
+            let mut copy = xs[..len].to_vec();
+            let want = exp_sum(&mut copy, 3.0, 1.5);
+            let mut dst = vec![f32::NAN; len + 3];
+            assert_eq!(exp_sum_to(&xs[..len], &mut dst, 3.0, 1.5).to_bits(), want.to_bits());
+            assert_eq!(dst[..len], copy[..]);
+            assert!(dst[len..].iter().all(|v| v.is_nan()), "nothing past the source's length");
+        }
     }
 
     #[test]

@@ -70,9 +70,8 @@ impl Sampler {
         if !max.is_finite() {
             return Err(Error::InvalidInput("logits contain no finite value".into()));
         }
-        self.probs.clear();
-        self.probs.extend_from_slice(logits);
-        let sum = kernels::exp_sum(&mut self.probs, max, inv_t) as f64;
+        self.probs.resize(logits.len(), 0.0);
+        let sum = kernels::exp_sum_to(logits, &mut self.probs, max, inv_t) as f64;
         let log_sum = sum.ln() as f32;
         let logprob_of = |tok: usize| (logits[tok] - max) * inv_t - log_sum;
 
