@@ -36,7 +36,7 @@ fn model_path() -> PathBuf {
 /// The CPU's model name and f32 peak in GFLOP/s: cores × base clock ×
 /// FLOPs per cycle (two FMA pipes of 8 lanes with AVX2, 16 with AVX-512;
 /// Zen 4 splits AVX-512 into two halves, so this overstates it there).
-fn f32_peak_gflops(threads: usize) -> (String, f64) {
+fn f32_peak_gflops(cores: usize) -> (String, f64) {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let field = |name: &str| {
         info.lines()
@@ -47,7 +47,7 @@ fn f32_peak_gflops(threads: usize) -> (String, f64) {
     };
     let mhz: f64 = field("cpu MHz").parse().unwrap_or(f64::NAN);
     let lanes = if field("flags").split(' ').any(|f| f == "avx512f") { 16.0 } else { 8.0 };
-    (field("model name"), threads as f64 * mhz / 1e3 * 2.0 * 2.0 * lanes)
+    (field("model name"), cores as f64 * mhz / 1e3 * 2.0 * 2.0 * lanes)
 }
 
 /// A count from the environment, if set and a number.
@@ -89,7 +89,9 @@ fn main() -> rlt_engine::Result<()> {
     let path = model_path();
     let dev = Device::Cpu;
     let threads = rlt_engine::device::cpu_threads();
-    let (cpu, peak) = f32_peak_gflops(threads);
+    // Two hyperthreads share one core's FMA units: the peak counts cores
+    // (candle's count is the physical cores, or RAYON_NUM_THREADS).
+    let (cpu, peak) = f32_peak_gflops(threads.min(candle_core::utils::get_num_threads()));
     println!("{{\"bench\": \"machine\", \"threads\": {threads}, \"cpu\": {cpu:?}, \"f32_peak_gflops\": {peak:.0}}}");
     let mut table: Vec<(String, String)> = Vec::new();
 

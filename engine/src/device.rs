@@ -27,10 +27,11 @@ pub fn parse_device(name: &str) -> Result<Device> {
     }
 }
 
-/// Threads the engine's CPU kernels run on: rayon's pool, which honours
-/// `RAYON_NUM_THREADS` and the process's CPU affinity (`taskset`, cgroup
-/// cpusets). candle's own count is the machine's physical cores whatever
-/// the affinity, which overstates it on a pinned process.
+/// Threads the engine's CPU kernels run on: rayon's pool (one per logical
+/// CPU by default), which honours `RAYON_NUM_THREADS` and the process's
+/// CPU affinity (`taskset`, cgroup cpusets). candle's own count is the
+/// machine's physical cores whatever the affinity, which overstates it on
+/// a pinned process.
 pub fn cpu_threads() -> usize {
     rayon::current_num_threads()
 }

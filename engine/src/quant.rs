@@ -665,6 +665,9 @@ fn wide_present() -> bool {
 /// and panel at a time, overwriting and adding, and compares the bits.
 #[cfg(target_arch = "x86_64")]
 fn wide_agrees() -> bool {
+    if !wide_present() {
+        return false;
+    }
     let (q4, q8, acts, m) = check_inputs();
     fn agree_on<F: Format>(w: &PanelMatrix<F>, acts: &Acts, m: usize) -> bool {
         let start: Vec<f32> = (0..m * w.n).map(|i| i as f32 * 0.25 - 7.0).collect();
@@ -683,9 +686,9 @@ fn wide_agrees() -> bool {
                     };
                     let mut wide = start.clone();
                     let mut plain = start.clone();
-                    // SAFETY: the caller's CPU has AVX-512 F/BW/VNNI
-                    // (`wide_present`) and AVX2; every tile lies inside
-                    // `w`, `acts` and the output.
+                    // SAFETY: this CPU has AVX-512 F/BW/VNNI and AVX2
+                    // (`wide_present`, checked above); every tile lies
+                    // inside `w`, `acts` and the output.
                     unsafe {
                         dispatch_wide::<F>(rows, pairs, w, acts, tile(p0, 0, &mut wide));
                         for r in 0..rows {
@@ -743,6 +746,10 @@ fn check_inputs() -> (Q4Matrix, Q8Matrix, Acts, usize) {
 /// must run).
 #[cfg(target_arch = "x86_64")]
 fn kernels_agree(vnni: bool) -> bool {
+    let vnni_present = std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl");
+    if !supported() || (vnni && !vnni_present) {
+        return false;
+    }
     let (q4, q8, acts, m) = check_inputs();
     fn agree_on<F: Format>(w: &PanelMatrix<F>, acts: &Acts, m: usize, vnni: bool) -> bool {
         let start: Vec<f32> = (0..m * w.n).map(|i| i as f32 * 0.25 - 7.0).collect();
@@ -752,9 +759,10 @@ fn kernels_agree(vnni: bool) -> bool {
                     let mut out = start.clone();
                     let at =
                         TileAt { p0: 0, r0: 0, out: out.as_mut_ptr(), ld: w.n, add, prefetch: true, vnni: use_vnni };
-                    // SAFETY: the caller's CPU runs the AVX2 kernels and the
-                    // ones `vnni` selects; the tile (at most 4 rows × 4
-                    // panels) lies inside `w`, `acts` and `out`.
+                    // SAFETY: this CPU runs the AVX2 kernels and the ones
+                    // `vnni` selects (checked above); the tile (at most 8
+                    // rows of one panel or 4 rows of up to 4) lies inside
+                    // `w`, `acts` (8 rows) and `out`.
                     unsafe { dispatch::<F>(rows, panels, w, acts, at) };
                     out
                 };
@@ -800,7 +808,8 @@ shape_dispatch!(
     dispatch_wide, WIDE_SHAPES, tile_wide: (1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1), (7, 1), (8, 1), (1, 2)
 );
 
-/// Runs a tile of `rows` (≤ 8) × `panels` (≤ 4): through the 512-bit
+/// Runs a tile that [`PanelMatrix::matmul_into`] makes (up to 8 rows of
+/// 1 or 2 panels, 4 rows of 2, or 1 row of up to 4): through the 512-bit
 /// kernels when `wide` and the panels pair up, else through the 256-bit
 /// ones (whole for one panel, four rows at a time for more).
 ///

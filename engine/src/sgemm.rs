@@ -5,7 +5,8 @@
 //! [`NR`] columns (a weight `W [n, k]` packed as `Wᵀ` once at load time,
 //! or keys and values packed once per attention layer). The structure is
 //! the usual one of BLIS and of the `gemm` crate candle uses: `A` is
-//! repacked per block into micro-panels of [`MR`] rows that stay in L2,
+//! repacked per block into micro-panels of [`MR`] rows that stay in L2
+//! (all of it once, up front, when several tasks share a row block),
 //! one `B` micro-panel (`kc × NR`, at most 20 KB) stays in L1 while all
 //! of the block's row panels stream past it, and a 6×16 register tile of
 //! twelve AVX2 accumulators does the arithmetic (two loads and six
@@ -341,6 +342,10 @@ fn prepack_a(a: AView, mc: usize, buf: &mut AlignedBuf) {
     }
 }
 
+/// Floats of packed `A` a thread keeps between products (16 MB): a
+/// 2,048-token scoring pass fits; a longer prefill's buffer is freed.
+const KEEP_PREPACKED: usize = 1 << 22;
+
 thread_local! {
     /// [`prepack_a`]'s buffer, reused across calls.
     static PREPACKED: RefCell<AlignedBuf> = RefCell::default();
@@ -357,7 +362,12 @@ fn with_prepacked<R>(a: AView, plan: &Plan, f: impl FnOnce(Option<&[f32]>) -> R)
     let r = PREPACKED.with(|cell| {
         let mut buf = cell.try_borrow_mut().ok()?;
         prepack_a(a, plan.mc, &mut buf);
-        Some((f.take().expect("once"))(Some(buf.as_slice())))
+        let r = (f.take().expect("once"))(Some(buf.as_slice()));
+        // Kept for the next product, unless a long prefill made it large.
+        if a.m * a.k > KEEP_PREPACKED {
+            *buf = AlignedBuf::default();
+        }
+        Some(r)
     });
     match r {
         Some(r) => r,
