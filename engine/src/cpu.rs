@@ -970,13 +970,7 @@ fn attend_blocks(
         let c = QUERY_BLOCK.min(t - q0);
         let keys = past + q0 + c;
         let pad = left_pad.get(bi).copied().unwrap_or(0);
-        SCORES.with(|cell| {
-            let mut fresh = AlignedBuf::default();
-            let mut held = cell.try_borrow_mut();
-            let sbuf = match held.as_mut() {
-                Ok(b) => &mut **b,
-                Err(_) => &mut fresh,
-            };
+        sgemm::with_local(&SCORES, |sbuf| {
             sbuf.resize(c * keys);
             let scores = sbuf.as_mut_slice();
             let qa = AView::new(&q[(bi * t + q0) * ldq + h * d..], c, d, ldq);

@@ -150,7 +150,21 @@ unsafe fn exp_sum_avx512(src: *const f32, dst: *mut f32, len: usize, shift: f32,
 #[cfg(target_arch = "x86_64")]
 fn wide_exp() -> bool {
     static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *WIDE.get_or_init(|| fast_exp() && std::is_x86_feature_detected!("avx512f") && wide_exp_agrees())
+    *WIDE.get_or_init(|| {
+        if wide_exp_present() {
+            if wide_exp_agrees() {
+                return true;
+            }
+            tracing::warn!("the 16-lane exp disagrees with the 8-lane one on this CPU; using 8 lanes");
+        }
+        false
+    })
+}
+
+/// Whether this CPU runs [`exp_sum_avx512`].
+#[cfg(target_arch = "x86_64")]
+fn wide_exp_present() -> bool {
+    fast_exp() && std::is_x86_feature_detected!("avx512f")
 }
 
 /// Compares [`exp_sum_avx512`] with [`exp_sum_avx2`] on values from far
@@ -159,7 +173,7 @@ fn wide_exp() -> bool {
 /// CPU lacks AVX-512 F.
 #[cfg(target_arch = "x86_64")]
 fn wide_exp_agrees() -> bool {
-    if !(fast_exp() && std::is_x86_feature_detected!("avx512f")) {
+    if !wide_exp_present() {
         return false;
     }
     // From below the lower clamp (-87.3 after shift and scale) to e^62,

@@ -145,6 +145,7 @@ fn f32_to_f16(x: f32) -> u16 {
 }
 
 /// Activations `[m, k]` quantized per block of 32.
+#[derive(Default)]
 pub(crate) struct Acts {
     /// `[m, kb × 32]`.
     qs: Vec<i8>,
@@ -516,24 +517,12 @@ thread_local! {
     static ACTS: std::cell::RefCell<Acts> = const { std::cell::RefCell::new(Acts::empty()) };
 }
 
-/// Runs `f` on `x` quantized, in this thread's reused buffers (fresh ones
-/// if a caller on this thread already holds them: a pool thread waiting
-/// for its tasks may run another product meanwhile).
+/// Runs `f` on `x` quantized, in this thread's reused buffers.
 fn with_acts<R>(x: &[f32], m: usize, k: usize, with_sums: bool, f: impl FnOnce(&Acts) -> R) -> R {
-    let mut f = Some(f);
-    let r = ACTS.with(|cell| {
-        let mut acts = cell.try_borrow_mut().ok()?;
+    crate::sgemm::with_local(&ACTS, |acts| {
         acts.fill(x, m, k, with_sums);
-        Some((f.take().expect("once"))(&acts))
-    });
-    match r {
-        Some(r) => r,
-        None => {
-            let mut acts = Acts::empty();
-            acts.fill(x, m, k, with_sums);
-            (f.take().expect("once"))(&acts)
-        }
-    }
+        f(acts)
+    })
 }
 
 impl PanelMatrix<Q4> {
@@ -624,7 +613,7 @@ fn vnni() -> bool {
     static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *VNNI.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
-        if supported() && std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl") {
+        if vnni_present() {
             if vnni_agrees() {
                 return true;
             }
@@ -649,6 +638,12 @@ fn wide() -> bool {
         }
         false
     })
+}
+
+/// Whether this CPU has what the 256-bit VNNI kernels need.
+#[cfg(target_arch = "x86_64")]
+fn vnni_present() -> bool {
+    supported() && std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl")
 }
 
 /// Whether this CPU has what the 512-bit kernels need.
@@ -746,8 +741,7 @@ fn check_inputs() -> (Q4Matrix, Q8Matrix, Acts, usize) {
 /// must run).
 #[cfg(target_arch = "x86_64")]
 fn kernels_agree(vnni: bool) -> bool {
-    let vnni_present = std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl");
-    if !supported() || (vnni && !vnni_present) {
+    if !supported() || (vnni && !vnni_present()) {
         return false;
     }
     let (q4, q8, acts, m) = check_inputs();
@@ -908,7 +902,7 @@ macro_rules! q4_kernel {
         #[allow(clippy::needless_range_loop)]
         unsafe fn $name<const R: usize, const C: usize>(w: &PanelMatrix<Q4>, acts: &Acts, at: TileAt) {
             use std::arch::x86_64::*;
-            let TileAt { p0, r0, out, ld, add, prefetch, .. } = at;
+            let TileAt { p0, r0, prefetch, .. } = at;
             // SAFETY: see the function's contract.
             unsafe {
                 let (kb, pb) = (w.kb, Q4::PANEL_BLOCK);
@@ -960,12 +954,7 @@ macro_rules! q4_kernel {
                         }
                     }
                 }
-                for r in 0..R {
-                    for c in 0..C {
-                        let col = (p0 + c) * PANEL;
-                        store_lanes(out.add((r0 + r) * ld + col), acc[r][c], w.n - col, add);
-                    }
-                }
+                store_tile(&acc, w.n, at);
             }
         }
     };
@@ -986,7 +975,7 @@ macro_rules! q8_kernel {
         #[allow(clippy::needless_range_loop)]
         unsafe fn $name<const R: usize, const C: usize>(w: &PanelMatrix<Q8>, acts: &Acts, at: TileAt) {
             use std::arch::x86_64::*;
-            let TileAt { p0, r0, out, ld, add, prefetch, .. } = at;
+            let TileAt { p0, r0, prefetch, .. } = at;
             // SAFETY: see the function's contract.
             unsafe {
                 let (kb, pb) = (w.kb, Q8::PANEL_BLOCK);
@@ -1021,12 +1010,7 @@ macro_rules! q8_kernel {
                         }
                     }
                 }
-                for r in 0..R {
-                    for c in 0..C {
-                        let col = (p0 + c) * PANEL;
-                        store_lanes(out.add((r0 + r) * ld + col), acc[r][c], w.n - col, add);
-                    }
-                }
+                store_tile(&acc, w.n, at);
             }
         }
     };
@@ -1125,22 +1109,34 @@ unsafe fn load_pair_f16(lo: *const u8, hi: *const u8) -> std::arch::x86_64::__m5
     }
 }
 
-/// Writes (or adds) the first `valid` of sixteen lanes at `dst`.
+/// Writes (or adds) a 512-bit tile's outputs, pair `j` of row `r` at
+/// columns `(p0 + 2j)·8..` of row `r0 + r`, none past column `n`.
 ///
 /// # Safety
-/// AVX-512 F; `dst` is valid for `valid.min(16)` floats.
+/// AVX-512 F; the tile lies inside `at.out` (row stride `at.ld`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,avx512f")]
 #[inline]
-unsafe fn store_lanes_wide(dst: *mut f32, v: std::arch::x86_64::__m512, valid: usize, add: bool) {
+unsafe fn store_tile_wide<const R: usize, const P: usize>(
+    acc: &[[std::arch::x86_64::__m512; P]; R],
+    n: usize,
+    at: TileAt,
+) {
     use std::arch::x86_64::*;
-    // Masked loads and stores leave the lanes past `valid` alone, and do
-    // not fault there.
-    let mask: __mmask16 = if valid >= 2 * PANEL { !0 } else { (1u16 << valid) - 1 };
-    // SAFETY: see the function's contract.
-    unsafe {
-        let v = if add { _mm512_add_ps(_mm512_maskz_loadu_ps(mask, dst), v) } else { v };
-        _mm512_mask_storeu_ps(dst, mask, v);
+    for (r, row) in acc.iter().enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            let col = (at.p0 + 2 * j) * PANEL;
+            let valid = n - col;
+            // Masked loads and stores leave the lanes past `valid` alone,
+            // and do not fault there.
+            let mask: __mmask16 = if valid >= 2 * PANEL { !0 } else { (1u16 << valid) - 1 };
+            // SAFETY: see the function's contract.
+            unsafe {
+                let dst = at.out.add((at.r0 + r) * at.ld + col);
+                let v = if at.add { _mm512_add_ps(_mm512_maskz_loadu_ps(mask, dst), v) } else { v };
+                _mm512_mask_storeu_ps(dst, mask, v);
+            }
+        }
     }
 }
 
@@ -1159,7 +1155,6 @@ unsafe fn store_lanes_wide(dst: *mut f32, v: std::arch::x86_64::__m512, valid: u
 #[allow(clippy::needless_range_loop)]
 unsafe fn q4_tile_wide<const R: usize, const P: usize>(w: &PanelMatrix<Q4>, acts: &Acts, at: TileAt) {
     use std::arch::x86_64::*;
-    let TileAt { p0, r0, out, ld, add, .. } = at;
     // SAFETY: see the function's contract.
     unsafe {
         let (kb, pb) = (w.kb, Q4::PANEL_BLOCK);
@@ -1204,12 +1199,7 @@ unsafe fn q4_tile_wide<const R: usize, const P: usize>(w: &PanelMatrix<Q4>, acts
                 }
             }
         }
-        for r in 0..R {
-            for j in 0..P {
-                let col = (p0 + 2 * j) * PANEL;
-                store_lanes_wide(out.add((r0 + r) * ld + col), acc[r][j], w.n - col, add);
-            }
-        }
+        store_tile_wide(&acc, w.n, at);
     }
 }
 
@@ -1226,7 +1216,6 @@ unsafe fn q4_tile_wide<const R: usize, const P: usize>(w: &PanelMatrix<Q4>, acts
 #[allow(clippy::needless_range_loop)]
 unsafe fn q8_tile_wide<const R: usize, const P: usize>(w: &PanelMatrix<Q8>, acts: &Acts, at: TileAt) {
     use std::arch::x86_64::*;
-    let TileAt { p0, r0, out, ld, add, .. } = at;
     // SAFETY: see the function's contract.
     unsafe {
         let (kb, pb) = (w.kb, Q8::PANEL_BLOCK);
@@ -1260,12 +1249,7 @@ unsafe fn q8_tile_wide<const R: usize, const P: usize>(w: &PanelMatrix<Q8>, acts
                 }
             }
         }
-        for r in 0..R {
-            for j in 0..P {
-                let col = (p0 + 2 * j) * PANEL;
-                store_lanes_wide(out.add((r0 + r) * ld + col), acc[r][j], w.n - col, add);
-            }
-        }
+        store_tile_wide(&acc, w.n, at);
     }
 }
 
@@ -1303,25 +1287,33 @@ impl Prefetch {
     }
 }
 
-/// Writes (or adds) the first `valid` lanes of `v` at `dst`.
+/// Writes (or adds) a 256-bit tile's outputs, panel `c` of row `r` at
+/// columns `(p0 + c)·8..` of row `r0 + r`, none past column `n`.
 ///
 /// # Safety
-/// AVX2 is present; `dst` is valid for `valid.min(8)` floats.
+/// AVX2 is present; the tile lies inside `at.out` (row stride `at.ld`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn store_lanes(dst: *mut f32, v: std::arch::x86_64::__m256, valid: usize, add: bool) {
+unsafe fn store_tile<const R: usize, const C: usize>(acc: &[[std::arch::x86_64::__m256; C]; R], n: usize, at: TileAt) {
     use std::arch::x86_64::*;
-    // SAFETY: see the function's contract.
-    unsafe {
-        if valid >= PANEL {
-            let v = if add { _mm256_add_ps(_mm256_loadu_ps(dst), v) } else { v };
-            _mm256_storeu_ps(dst, v);
-        } else {
-            let mut lanes = [0f32; PANEL];
-            _mm256_storeu_ps(lanes.as_mut_ptr(), v);
-            for (i, &x) in lanes[..valid].iter().enumerate() {
-                *dst.add(i) = if add { *dst.add(i) + x } else { x };
+    for (r, row) in acc.iter().enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            let col = (at.p0 + c) * PANEL;
+            let valid = n - col;
+            // SAFETY: see the function's contract.
+            unsafe {
+                let dst = at.out.add((at.r0 + r) * at.ld + col);
+                if valid >= PANEL {
+                    let v = if at.add { _mm256_add_ps(_mm256_loadu_ps(dst), v) } else { v };
+                    _mm256_storeu_ps(dst, v);
+                } else {
+                    let mut lanes = [0f32; PANEL];
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), v);
+                    for (i, &x) in lanes[..valid].iter().enumerate() {
+                        *dst.add(i) = if at.add { *dst.add(i) + x } else { x };
+                    }
+                }
             }
         }
     }

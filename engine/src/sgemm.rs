@@ -358,25 +358,15 @@ fn with_prepacked<R>(a: AView, plan: &Plan, f: impl FnOnce(Option<&[f32]>) -> R)
     if plan.nchunks <= 1 || a.k == 0 {
         return f(None);
     }
-    let mut f = Some(f);
-    let r = PREPACKED.with(|cell| {
-        let mut buf = cell.try_borrow_mut().ok()?;
-        prepack_a(a, plan.mc, &mut buf);
-        let r = (f.take().expect("once"))(Some(buf.as_slice()));
+    with_local(&PREPACKED, |buf| {
+        prepack_a(a, plan.mc, buf);
+        let r = f(Some(buf.as_slice()));
         // Kept for the next product, unless a long prefill made it large.
         if a.m * a.k > KEEP_PREPACKED {
             *buf = AlignedBuf::default();
         }
-        Some(r)
-    });
-    match r {
-        Some(r) => r,
-        None => {
-            let mut buf = AlignedBuf::default();
-            prepack_a(a, plan.mc, &mut buf);
-            (f.take().expect("once"))(Some(buf.as_slice()))
-        }
-    }
+        r
+    })
 }
 
 /// The inner-dimension slice per pass: `k` split into equal parts of at
@@ -465,21 +455,22 @@ thread_local! {
     static SCRATCH: RefCell<(AlignedBuf, AlignedBuf)> = RefCell::default();
 }
 
-/// Runs `f` with this thread's scratch buffers (fresh ones if a caller on
-/// this thread already holds them).
-fn with_scratch<R>(f: impl FnOnce(&mut AlignedBuf, &mut AlignedBuf) -> R) -> R {
+/// Runs `f` on this thread's value of `key`, reused across calls, or on a
+/// fresh default one if a caller further up this thread's stack holds it
+/// (a pool thread waiting for its tasks may run another product
+/// meanwhile).
+pub(crate) fn with_local<T: Default, R>(
+    key: &'static std::thread::LocalKey<RefCell<T>>,
+    f: impl FnOnce(&mut T) -> R,
+) -> R {
     let mut f = Some(f);
-    let r = SCRATCH.with(|s| match s.try_borrow_mut() {
-        Ok(mut s) => {
-            let (a, c) = &mut *s;
-            Some((f.take().expect("once"))(a, c))
-        }
-        Err(_) => None,
-    });
-    match r {
-        Some(r) => r,
-        None => (f.take().expect("once"))(&mut AlignedBuf::default(), &mut AlignedBuf::default()),
-    }
+    let r = key.with(|cell| cell.try_borrow_mut().ok().map(|mut v| (f.take().expect("once"))(&mut v)));
+    r.unwrap_or_else(|| (f.take().expect("once"))(&mut T::default()))
+}
+
+/// Runs `f` with this thread's scratch buffers.
+fn with_scratch<R>(f: impl FnOnce(&mut AlignedBuf, &mut AlignedBuf) -> R) -> R {
+    with_local(&SCRATCH, |(a, c)| f(a, c))
 }
 
 /// Computes one task's block of `C` into `c` (row stride `ldc`):
@@ -775,10 +766,13 @@ fn avx512_agrees() -> bool {
 }
 
 /// Whether `kern`'s pair tiles equal two AVX2 tiles bit for bit, on random
-/// operands laid out as real panels. `kern` must run on this CPU.
+/// operands laid out as real panels. False where this CPU cannot run them.
 #[cfg(target_arch = "x86_64")]
 fn pairs_agree(kern: Kernels) -> bool {
     use rand::{Rng, SeedableRng};
+    if !supported() || (kern == Kernels::Avx512 && !std::is_x86_feature_detected!("avx512f")) {
+        return false;
+    }
     let kc = 37;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x2545_f491_4f6c_dd1d);
     let mut next = || rng.random_range(-1.0f32..1.0);
@@ -794,9 +788,9 @@ fn pairs_agree(kern: Kernels) -> bool {
         [false, true].into_iter().all(|acc| {
             let (mut wide, mut narrow) = (start.clone(), start.clone());
             let (b0, b1) = (b.as_ptr(), b[kc * NR..].as_ptr());
-            // SAFETY: the caller's CPU runs `kern`, and AVX2/FMA (checked by
-            // `supported` first); both outputs hold `rows` rows of `2·NR`
-            // at `ldc`, the panels `kc` steps of `NR`, aligned.
+            // SAFETY: this CPU runs `kern` and AVX2/FMA (checked above);
+            // both outputs hold `rows` rows of `2·NR` at `ldc`, the panels
+            // `kc` steps of `NR`, aligned.
             unsafe {
                 tile_pair(kern, kc, a.as_ptr(), b0, b1, wide.as_mut_ptr(), ldc, rows, acc);
                 tile_pair(Kernels::Avx2, kc, a.as_ptr(), b0, b1, narrow.as_mut_ptr(), ldc, rows, acc);
