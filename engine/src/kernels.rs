@@ -150,15 +150,20 @@ unsafe fn exp_sum_avx512(src: *const f32, dst: *mut f32, len: usize, shift: f32,
 #[cfg(target_arch = "x86_64")]
 fn wide_exp() -> bool {
     static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *WIDE.get_or_init(|| {
-        if wide_exp_present() {
-            if wide_exp_agrees() {
-                return true;
-            }
-            tracing::warn!("the 16-lane exp disagrees with the 8-lane one on this CPU; using 8 lanes");
+    *WIDE.get_or_init(|| self_checked(wide_exp_present(), wide_exp_agrees, "the 16-lane exp"))
+}
+
+/// Whether a kernel that the CPU can run (`present`) may be used: only if
+/// its self-check (`agrees`, run only then) passes; a failed check is
+/// logged and the caller keeps the kernel it would otherwise use.
+pub(crate) fn self_checked(present: bool, agrees: impl FnOnce() -> bool, what: &str) -> bool {
+    if present {
+        if agrees() {
+            return true;
         }
-        false
-    })
+        tracing::warn!("{what} disagrees with the AVX2 kernel on this CPU; not using it");
+    }
+    false
 }
 
 /// Whether this CPU runs [`exp_sum_avx512`].

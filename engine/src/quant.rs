@@ -613,13 +613,10 @@ fn vnni() -> bool {
     static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *VNNI.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
-        if vnni_present() {
-            if vnni_agrees() {
-                return true;
-            }
-            tracing::warn!("the AVX512-VNNI quantized kernels disagree with the AVX2 ones on this CPU; using AVX2");
-        }
-        false
+        let on = crate::kernels::self_checked(vnni_present(), vnni_agrees, "the AVX512-VNNI quantized kernel");
+        #[cfg(not(target_arch = "x86_64"))]
+        let on = false;
+        on
     })
 }
 
@@ -630,13 +627,10 @@ fn wide() -> bool {
     static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *WIDE.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
-        if wide_present() {
-            if wide_agrees() {
-                return true;
-            }
-            tracing::warn!("the 512-bit quantized kernels disagree with the AVX2 ones on this CPU; not using them");
-        }
-        false
+        let on = crate::kernels::self_checked(wide_present(), wide_agrees, "the 512-bit quantized kernel");
+        #[cfg(not(target_arch = "x86_64"))]
+        let on = false;
+        on
     })
 }
 

@@ -93,11 +93,12 @@ fn kernels() -> Kernels {
             return Kernels::Portable;
         }
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx512f") {
-            if avx512_agrees() {
-                return Kernels::Avx512;
-            }
-            tracing::warn!("the AVX-512 matmul kernel disagrees with the AVX2 one on this CPU; using AVX2");
+        if crate::kernels::self_checked(
+            std::is_x86_feature_detected!("avx512f"),
+            avx512_agrees,
+            "the AVX-512 matmul kernel",
+        ) {
+            return Kernels::Avx512;
         }
         Kernels::Avx2
     })
