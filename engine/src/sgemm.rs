@@ -517,12 +517,21 @@ fn run_block(
             let bp = &b.data[p * b.ps + k0 * NR..][..kc * NR];
             let jc = p * NR - blk.j0;
             let cols = NR.min(b.n - p * NR);
-            for ip in 0..blk.rows.div_ceil(MR) {
-                let rows = MR.min(blk.rows - ip * MR);
-                let ai = &ap[ip * kc * MR..][..kc * MR];
+            let mut ip = 0;
+            while ip * MR < blk.rows {
+                // AVX-512 pairs take two full row slivers at once when
+                // there are: each panel step loaded then feeds 24 FMAs
+                // instead of 12.
+                let rows = if pair && kern == Kernels::Avx512 && (ip + 2) * MR <= blk.rows {
+                    2 * MR
+                } else {
+                    MR.min(blk.rows - ip * MR)
+                };
+                let ai = &ap[ip * kc * MR..][..rows.div_ceil(MR) * kc * MR];
                 // SAFETY: the tile lies inside the caller's block of C (rows
                 // < blk.rows, columns < blk.cols), which only this task
-                // writes; `ai` holds kc steps of MR floats, `bp` (and `bq`)
+                // writes; `ai` holds kc steps of MR floats per sliver of
+                // rows (two for twelve rows), `bp` (and `bq`)
                 // kc steps of NR.
                 unsafe {
                     let cp = c.add(ip * MR * ldc + jc);
@@ -534,6 +543,7 @@ fn run_block(
                         tile(kern.fast(), kc, ai.as_ptr(), bp.as_ptr(), cp, ldc, rows, cols, acc);
                     }
                 }
+                ip += rows.div_ceil(MR);
             }
             p += if pair { 2 } else { 1 };
         }
@@ -681,7 +691,8 @@ unsafe fn tile(
 }
 
 /// Two full register tiles side by side: `rows × 2·NR` of `C` at `c`
-/// from the adjacent panels `b0` and `b1`.
+/// from the adjacent panels `b0` and `b1`. Twelve rows (AVX-512 only) are
+/// two consecutive slivers of packed `A`.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 unsafe fn tile_pair(
@@ -700,6 +711,7 @@ unsafe fn tile_pair(
         #[cfg(target_arch = "x86_64")]
         if kern == Kernels::Avx512 {
             match rows {
+                12 => kernel_avx512::<12>(kc, a, b0, b1, c, ldc, acc),
                 6 => kernel_avx512::<6>(kc, a, b0, b1, c, ldc, acc),
                 5 => kernel_avx512::<5>(kc, a, b0, b1, c, ldc, acc),
                 4 => kernel_avx512::<4>(kc, a, b0, b1, c, ldc, acc),
@@ -709,6 +721,7 @@ unsafe fn tile_pair(
             }
             return;
         }
+        debug_assert!(rows <= MR, "only the AVX-512 pairs take two slivers");
         kernel_rows(kern.fast(), rows, kc, a, b0, c, ldc, acc);
         kernel_rows(kern.fast(), rows, kc, a, b1, c.add(NR), ldc, acc);
     }
@@ -717,6 +730,10 @@ unsafe fn tile_pair(
 /// `R × 32` of `C` from `kc` steps of packed `A` (stride `MR`) and two
 /// panels of `B` (stride `NR`): each output is the same chain of FMAs in
 /// the same order as in [`kernel_avx2`], so the results are identical.
+/// `R = 12` reads rows 6.. from the next sliver (`kc·MR` floats on): 24
+/// accumulators of the 32 registers, and each panel step loaded serves
+/// twice the FMAs (measured on a Xeon: scoring 2,048 tokens 511 -> 555
+/// tok/s, means of three alternating runs).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn kernel_avx512<const R: usize>(
@@ -731,13 +748,14 @@ unsafe fn kernel_avx512<const R: usize>(
     use std::arch::x86_64::*;
     // SAFETY: see `tile_pair`; unaligned loads, so any panel start works.
     unsafe {
+        let next = kc * MR;
         let mut c0 = [_mm512_setzero_ps(); R];
         let mut c1 = [_mm512_setzero_ps(); R];
         for _ in 0..kc {
             let x0 = _mm512_loadu_ps(b0);
             let x1 = _mm512_loadu_ps(b1);
             for i in 0..R {
-                let ai = _mm512_set1_ps(*a.add(i));
+                let ai = _mm512_set1_ps(*a.add(if i < MR { i } else { next + i - MR }));
                 c0[i] = _mm512_fmadd_ps(ai, x0, c0[i]);
                 c1[i] = _mm512_fmadd_ps(ai, x1, c1[i]);
             }
@@ -777,24 +795,30 @@ fn pairs_agree(kern: Kernels) -> bool {
     let kc = 37;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x2545_f491_4f6c_dd1d);
     let mut next = || rng.random_range(-1.0f32..1.0);
-    let a: Vec<f32> = (0..kc * MR).map(|_| next()).collect();
+    // Two slivers of packed A, for the twelve-row tile.
+    let a: Vec<f32> = (0..2 * kc * MR).map(|_| next()).collect();
     // Laid out like real panels: 64-byte aligned (a panel of `kc·NR` floats
     // is 37 cache lines, so the second is too).
     let mut b = AlignedBuf::zeroed(2 * kc * NR);
     b.as_mut_slice().iter_mut().for_each(|x| *x = next());
     let b = b.as_slice();
     let ldc = 2 * NR + 3;
-    let start: Vec<f32> = (0..MR * ldc).map(|_| next()).collect();
-    (1..=MR).all(|rows| {
+    let start: Vec<f32> = (0..2 * MR * ldc).map(|_| next()).collect();
+    let twelve = (kern == Kernels::Avx512).then_some(2 * MR);
+    (1..=MR).chain(twelve).all(|rows| {
         [false, true].into_iter().all(|acc| {
             let (mut wide, mut narrow) = (start.clone(), start.clone());
             let (b0, b1) = (b.as_ptr(), b[kc * NR..].as_ptr());
             // SAFETY: this CPU runs `kern` and AVX2/FMA (checked above);
-            // both outputs hold `rows` rows of `2·NR` at `ldc`, the panels
-            // `kc` steps of `NR`, aligned.
+            // both outputs hold `rows` rows of `2·NR` at `ldc`, `a` two
+            // slivers of `kc` steps of `MR`, the panels `kc` steps of `NR`,
+            // aligned.
             unsafe {
                 tile_pair(kern, kc, a.as_ptr(), b0, b1, wide.as_mut_ptr(), ldc, rows, acc);
-                tile_pair(Kernels::Avx2, kc, a.as_ptr(), b0, b1, narrow.as_mut_ptr(), ldc, rows, acc);
+                for (s, r) in (0..rows).step_by(MR).enumerate() {
+                    let (a, c) = (a[s * kc * MR..].as_ptr(), narrow[r * ldc..].as_mut_ptr());
+                    tile_pair(Kernels::Avx2, kc, a, b0, b1, c, ldc, MR.min(rows - r), acc);
+                }
             }
             wide.iter().zip(&narrow).all(|(x, y)| x.to_bits() == y.to_bits())
         })
