@@ -38,6 +38,7 @@
 
 pub mod chat_template;
 mod cpu;
+mod decode_attention;
 pub mod device;
 pub mod error;
 pub mod generate;
