@@ -93,13 +93,7 @@ impl Group<'_> {
         if self.d.is_multiple_of(8) && crate::sgemm::supported() {
             // SAFETY: AVX2/FMA (and AVX-512 F where `wide`) present; shapes
             // as documented on `Group`.
-            return unsafe {
-                if wide() {
-                    self.scores_avx512(scale, scores, width, col)
-                } else {
-                    self.scores_avx2(scale, scores, width, col)
-                }
-            };
+            return unsafe { self.scores_simd(scale, scores, width, col, wide()) };
         }
         let d = self.d;
         for (qh, sh) in self.q.chunks_exact(d).zip(scores.chunks_exact_mut(width)) {
@@ -136,36 +130,44 @@ impl Group<'_> {
         }
     }
 
-    /// Up to three heads against four keys at a time (twelve multiply-adds
-    /// per four key loads), one accumulator per head and key, each key's
-    /// lanes added up in one fixed order (see [`reduce4`]), so a score
-    /// does not depend on where its run of four keys starts.
+    /// [`Group::scores`] with SIMD, the heads in runs of up to three
+    /// through [`Group::scores_heads`] (AVX2) or, when `wide`,
+    /// [`Group::scores_heads_wide`] (AVX-512), after checking every access
+    /// they make.
     ///
     /// # Safety
-    /// AVX2 and FMA are present; `d` is a multiple of 8.
+    /// AVX2 and FMA are present, and AVX-512 F when `wide`; `d` is a
+    /// multiple of 8.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn scores_avx2(&self, scale: f32, scores: &mut [f32], width: usize, col: usize) {
+    unsafe fn scores_simd(&self, scale: f32, scores: &mut [f32], width: usize, col: usize, wide: bool) {
         let (n, d, st) = (self.n, self.d, self.stride);
         let heads = self.q.len() / d;
         assert!(self.k.len() >= (n - 1) * st + d && col + n <= width && scores.len() >= heads * width);
         let mut h0 = 0;
         while h0 < heads {
-            // SAFETY: as asserted above; heads h0.. exist.
+            // SAFETY: as asserted above; heads h0.. exist; the features as
+            // the caller promised.
             unsafe {
-                h0 += match heads - h0 {
-                    1 => self.scores_heads::<1>(h0, scale, scores, width, col),
-                    2 => self.scores_heads::<2>(h0, scale, scores, width, col),
-                    _ => self.scores_heads::<3>(h0, scale, scores, width, col),
+                h0 += match (heads - h0, wide) {
+                    (1, false) => self.scores_heads::<1>(h0, scale, scores, width, col),
+                    (2, false) => self.scores_heads::<2>(h0, scale, scores, width, col),
+                    (_, false) => self.scores_heads::<3>(h0, scale, scores, width, col),
+                    (1, true) => self.scores_heads_wide::<1>(h0, scale, scores, width, col),
+                    (2, true) => self.scores_heads_wide::<2>(h0, scale, scores, width, col),
+                    (_, true) => self.scores_heads_wide::<3>(h0, scale, scores, width, col),
                 };
             }
         }
     }
 
-    /// [`Group::scores_avx2`] for heads `h0..h0 + H`; returns `H`.
+    /// Heads `h0..h0 + H` against four keys at a time (twelve multiply-adds
+    /// per four key loads), one accumulator per head and key, each key's
+    /// lanes added up in one fixed order (see [`reduce4`]), so a score
+    /// does not depend on where its run of four keys starts; returns `H`.
     ///
     /// # Safety
-    /// As for `scores_avx2`, whose assertion covers every access.
+    /// AVX2 and FMA are present; `scores_simd`'s assertion covers every
+    /// access.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::needless_range_loop)]
@@ -200,14 +202,7 @@ impl Group<'_> {
                     }
                 }
                 for h in 0..H {
-                    let s = _mm_mul_ps(reduce4(a[h]), _mm_set1_ps(scale));
-                    if keys == 4 {
-                        _mm_storeu_ps(out(h, j), s);
-                    } else {
-                        let mut lanes = [0f32; 4];
-                        _mm_storeu_ps(lanes.as_mut_ptr(), s);
-                        std::ptr::copy_nonoverlapping(lanes.as_ptr(), out(h, j), keys);
-                    }
+                    store_scores(_mm_mul_ps(reduce4(a[h]), _mm_set1_ps(scale)), out(h, j), keys);
                 }
                 j += keys;
             }
@@ -232,36 +227,13 @@ impl Group<'_> {
         _mm512_loadu_ps, _mm512_storeu_ps, _mm512_setzero_ps, _mm512_set1_ps, _mm512_fmadd_ps
     );
 
-    /// [`Group::scores_avx2`] with 512-bit registers: two keys per
+    /// [`Group::scores_heads`] with 512-bit registers: two keys per
     /// register (eight dimensions of each), eight keys at a time. Each
     /// key's eight lanes are the AVX2 kernel's chains, added up by the same
     /// [`reduce4`], so every score has the same bits.
     ///
     /// # Safety
-    /// AVX2, FMA and AVX-512 F are present; `d` is a multiple of 8.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma,avx512f")]
-    unsafe fn scores_avx512(&self, scale: f32, scores: &mut [f32], width: usize, col: usize) {
-        let (n, d, st) = (self.n, self.d, self.stride);
-        let heads = self.q.len() / d;
-        assert!(self.k.len() >= (n - 1) * st + d && col + n <= width && scores.len() >= heads * width);
-        let mut h0 = 0;
-        while h0 < heads {
-            // SAFETY: as asserted above; heads h0.. exist.
-            unsafe {
-                h0 += match heads - h0 {
-                    1 => self.scores_heads_wide::<1>(h0, scale, scores, width, col),
-                    2 => self.scores_heads_wide::<2>(h0, scale, scores, width, col),
-                    _ => self.scores_heads_wide::<3>(h0, scale, scores, width, col),
-                };
-            }
-        }
-    }
-
-    /// [`Group::scores_avx512`] for heads `h0..h0 + H`; returns `H`.
-    ///
-    /// # Safety
-    /// As for `scores_avx512`, whose assertion covers every access.
+    /// As for `scores_heads`, and AVX-512 F is present.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma,avx512f")]
     #[allow(clippy::needless_range_loop)]
@@ -319,13 +291,8 @@ impl Group<'_> {
                             reduce4([half(x, false), half(x, true), half(y, false), half(y, true)]),
                             _mm_set1_ps(scale),
                         );
-                        let done = 4 * g;
-                        if keys >= done + 4 {
-                            _mm_storeu_ps(out(h, j + done), s);
-                        } else if keys > done {
-                            let mut lanes = [0f32; 4];
-                            _mm_storeu_ps(lanes.as_mut_ptr(), s);
-                            std::ptr::copy_nonoverlapping(lanes.as_ptr(), out(h, j + done), keys - done);
+                        if keys > 4 * g {
+                            store_scores(s, out(h, j + 4 * g), keys - 4 * g);
                         }
                     }
                 }
@@ -333,6 +300,26 @@ impl Group<'_> {
             }
         }
         H
+    }
+}
+
+/// Writes the first `count` (at most four, then all) of four scores.
+///
+/// # Safety
+/// SSE is present (it is on x86-64); `dst` has room for `count.min(4)`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+unsafe fn store_scores(s: std::arch::x86_64::__m128, dst: *mut f32, count: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: see the function's contract.
+    unsafe {
+        if count >= 4 {
+            _mm_storeu_ps(dst, s);
+        } else {
+            let mut lanes = [0f32; 4];
+            _mm_storeu_ps(lanes.as_mut_ptr(), s);
+            std::ptr::copy_nonoverlapping(lanes.as_ptr(), dst, count);
+        }
     }
 }
 
@@ -392,8 +379,8 @@ fn wide_agrees() -> bool {
                 // SAFETY: AVX2, FMA and AVX-512 F checked above; `d` is a
                 // multiple of 64, the buffers sized as `Group` documents.
                 unsafe {
-                    group.scores_avx2(0.125, &mut narrow, width, col);
-                    group.scores_avx512(0.125, &mut wide, width, col);
+                    group.scores_simd(0.125, &mut narrow, width, col, false);
+                    group.scores_simd(0.125, &mut wide, width, col, true);
                 }
                 let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
                 same(&narrow, &wide)
