@@ -100,7 +100,7 @@ impl CpuLinear {
 /// The MLP's gate and up projections, producing `SiLU(gate)·up`.
 #[derive(Debug)]
 pub(crate) enum GateUp {
-    /// f32: gate and up panels interleaved ([`PackedB::interleave`]), so
+    /// f32: gate and up panels interleaved ([`PackedB::interleaved`]), so
     /// each task's block holds matching gate and up columns.
     Packed(Arc<PackedB>),
     /// Quantized: one matrix whose rows are gate's then up's.
