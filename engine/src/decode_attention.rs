@@ -342,17 +342,13 @@ unsafe fn reduce4(a: [std::arch::x86_64::__m256; 4]) -> std::arch::x86_64::__m12
 #[cfg(target_arch = "x86_64")]
 fn wide() -> bool {
     static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *WIDE.get_or_init(|| kernels::self_checked(wide_present(), wide_agrees, "the 512-bit decoding attention"))
+    *WIDE
+        .get_or_init(|| kernels::self_checked(kernels::avx512_present(), wide_agrees, "the 512-bit decoding attention"))
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 fn wide() -> bool {
     false
-}
-
-#[cfg(target_arch = "x86_64")]
-fn wide_present() -> bool {
-    crate::sgemm::supported() && std::is_x86_feature_detected!("avx512f")
 }
 
 /// Runs both widths on the same random heads, keys and values, at key
@@ -362,7 +358,7 @@ fn wide_present() -> bool {
 #[cfg(target_arch = "x86_64")]
 fn wide_agrees() -> bool {
     use rand::{Rng, SeedableRng};
-    if !wide_present() {
+    if !kernels::avx512_present() {
         return false;
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x51f1_5eed_0bad_cafe);
@@ -406,10 +402,11 @@ mod tests {
     fn wide_kernels_run_only_where_they_agree() {
         #[cfg(target_arch = "x86_64")]
         {
-            if wide_present() {
+            let present = kernels::avx512_present();
+            if present {
                 assert!(wide_agrees(), "the 512-bit decoding attention differs from the AVX2 one");
             }
-            assert_eq!(wide(), wide_present());
+            assert_eq!(wide(), present);
         }
     }
 

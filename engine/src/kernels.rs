@@ -150,7 +150,7 @@ unsafe fn exp_sum_avx512(src: *const f32, dst: *mut f32, len: usize, shift: f32,
 #[cfg(target_arch = "x86_64")]
 fn wide_exp() -> bool {
     static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *WIDE.get_or_init(|| self_checked(wide_exp_present(), wide_exp_agrees, "the 16-lane exp"))
+    *WIDE.get_or_init(|| self_checked(avx512_present(), wide_exp_agrees, "the 16-lane exp"))
 }
 
 /// Whether a kernel that the CPU can run (`present`) may be used: only if
@@ -166,9 +166,11 @@ pub(crate) fn self_checked(present: bool, agrees: impl FnOnce() -> bool, what: &
     false
 }
 
-/// Whether this CPU runs [`exp_sum_avx512`].
+/// Whether the CPU has AVX-512 F besides the AVX2 and FMA every vector
+/// kernel needs: where the 512-bit f32 kernels (the matmul, `exp`,
+/// decoding attention) may run, once their self-checks pass.
 #[cfg(target_arch = "x86_64")]
-fn wide_exp_present() -> bool {
+pub(crate) fn avx512_present() -> bool {
     fast_exp() && std::is_x86_feature_detected!("avx512f")
 }
 
@@ -178,7 +180,7 @@ fn wide_exp_present() -> bool {
 /// CPU lacks AVX-512 F.
 #[cfg(target_arch = "x86_64")]
 fn wide_exp_agrees() -> bool {
-    if !wide_exp_present() {
+    if !avx512_present() {
         return false;
     }
     // From below the lower clamp (-87.3 after shift and scale) to e^62,
@@ -469,7 +471,7 @@ mod tests {
     fn sixteen_lane_exp_runs_only_where_it_agrees() {
         #[cfg(target_arch = "x86_64")]
         {
-            let present = fast_exp() && std::is_x86_feature_detected!("avx512f");
+            let present = avx512_present();
             if present {
                 assert!(wide_exp_agrees(), "the 16-lane exp differs from the 8-lane one");
             }

@@ -93,11 +93,7 @@ fn kernels() -> Kernels {
             return Kernels::Portable;
         }
         #[cfg(target_arch = "x86_64")]
-        if crate::kernels::self_checked(
-            std::is_x86_feature_detected!("avx512f"),
-            avx512_agrees,
-            "the AVX-512 matmul kernel",
-        ) {
+        if crate::kernels::self_checked(crate::kernels::avx512_present(), avx512_agrees, "the AVX-512 matmul kernel") {
             return Kernels::Avx512;
         }
         Kernels::Avx2
@@ -311,14 +307,20 @@ fn pack_a(a: AView, i0: usize, mc: usize, k0: usize, kc: usize, out: &mut [f32])
     }
 }
 
+/// Where [`prepack_a`] puts the slice `k0..k0 + kc` of the row block at
+/// `i0` of an `A` with `m` rows: after the `k0` columns of every row (`m`
+/// rounded up to [`MR`]), that slice's blocks in row order.
+fn prepacked_at(m: usize, i0: usize, k0: usize, kc: usize) -> usize {
+    m.next_multiple_of(MR) * k0 + i0 * kc
+}
+
 /// Floats of `A` from which [`prepack_a`] packs in parallel.
 const PARALLEL_PACK: usize = 1 << 16;
 
 /// Packs all of `A` once, for a product whose row blocks (of `mc` rows)
 /// are each shared by several column chunks, whose tasks would otherwise
-/// each pack their rows again. The slice `k0..k0 + kc` of the row block
-/// at `i0` lands at `m_pad·k0 + i0·kc` (`m_pad` = `m` rounded up to
-/// [`MR`]), laid out as [`pack_a`] lays out one block.
+/// each pack their rows again. Each slice of a row block lands at
+/// [`prepacked_at`], laid out as [`pack_a`] lays out one block.
 fn prepack_a(a: AView, mc: usize, buf: &mut AlignedBuf) {
     let (kc_max, m_pad) = (kc_for(a.k), a.m.next_multiple_of(MR));
     buf.resize(m_pad * a.k);
@@ -332,7 +334,7 @@ fn prepack_a(a: AView, mc: usize, buf: &mut AlignedBuf) {
         // times `kc` from `i0·kc` inside it: the jobs' regions are
         // disjoint and inside the buffer of `m_pad·k` floats.
         let out = unsafe {
-            std::slice::from_raw_parts_mut(dst.get().add(m_pad * k0 + i0 * kc), rows.next_multiple_of(MR) * kc)
+            std::slice::from_raw_parts_mut(dst.get().add(prepacked_at(a.m, i0, k0, kc)), rows.next_multiple_of(MR) * kc)
         };
         pack_a(a, i0, rows, k0, kc, out);
     };
@@ -503,7 +505,7 @@ fn run_block(
     while k0 < k {
         let kc = kc_max.min(k - k0);
         let ap: &[f32] = match pre {
-            Some(all) => &all[a.m.next_multiple_of(MR) * k0 + blk.i0 * kc..][..rows_pad * kc],
+            Some(all) => &all[prepacked_at(a.m, blk.i0, k0, kc)..][..rows_pad * kc],
             None => {
                 pack_a(a, blk.i0, blk.rows, k0, kc, abuf.as_mut_slice());
                 abuf.as_slice()
@@ -789,7 +791,7 @@ fn avx512_agrees() -> bool {
 #[cfg(target_arch = "x86_64")]
 fn pairs_agree(kern: Kernels) -> bool {
     use rand::{Rng, SeedableRng};
-    if !supported() || (kern == Kernels::Avx512 && !std::is_x86_feature_detected!("avx512f")) {
+    if !supported() || (kern == Kernels::Avx512 && !crate::kernels::avx512_present()) {
         return false;
     }
     let kc = 37;
@@ -1040,7 +1042,7 @@ mod tests {
             if supported() {
                 assert!(pairs_agree(Kernels::Avx2Pairs));
             }
-            let present = supported() && std::is_x86_feature_detected!("avx512f");
+            let present = crate::kernels::avx512_present();
             if present {
                 assert!(avx512_agrees(), "the AVX-512 kernel differs from the AVX2 one");
             }
