@@ -14,7 +14,12 @@ use crate::error::{Error, Result};
 pub fn parse_device(name: &str) -> Result<Device> {
     let name = name.trim().to_ascii_lowercase();
     let gpu = |r: candle_core::Result<Device>, what: &str| {
-        r.map_err(|e| Error::Device(format!("{what} is not available ({e}); build with the matching cargo feature")))
+        r.map_err(|e| {
+            Error::Device(format!(
+                "{what} is not available ({}); build with the matching cargo feature",
+                crate::error::candle_reason(&e)
+            ))
+        })
     };
     match name.as_str() {
         "" | "cpu" => Ok(Device::Cpu),

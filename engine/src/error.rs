@@ -50,8 +50,21 @@ pub enum Error {
     #[error("cancelled")]
     Cancelled,
 
-    #[error(transparent)]
+    #[error("{}", candle_reason(.0))]
     Candle(#[from] candle_core::Error),
+}
+
+/// A candle error's message without the backtrace candle attaches when
+/// `RUST_BACKTRACE` is set: messages reach CLI users and API clients,
+/// who need the reason, not the engine's stack.
+pub(crate) fn candle_reason(e: &candle_core::Error) -> String {
+    use candle_core::Error as E;
+    match e {
+        E::WithBacktrace { inner, .. } => candle_reason(inner),
+        E::Context { inner, context } => format!("{context}: {}", candle_reason(inner)),
+        E::WithPath { inner, path } => format!("{}: {}", path.display(), candle_reason(inner)),
+        other => other.to_string(),
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -67,5 +80,21 @@ impl Error {
 
     pub(crate) fn metadata(key: impl Into<String>, reason: impl ToString) -> Self {
         Error::Metadata { key: key.into(), reason: reason.to_string() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candle_messages_leave_out_backtraces() {
+        let bare = candle_core::Error::Msg("unknown magic".into());
+        let wrapped = candle_core::Error::WithBacktrace {
+            inner: Box::new(bare),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        }
+        .context("reading the header");
+        assert_eq!(Error::from(wrapped).to_string(), "reading the header: unknown magic");
     }
 }

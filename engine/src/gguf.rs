@@ -29,7 +29,7 @@ impl GgufFile {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let mut reader = BufReader::new(file);
         let content = Content::read(&mut reader)
-            .map_err(|e| Error::CorruptGguf { path: path.to_path_buf(), reason: e.to_string() })?;
+            .map_err(|e| Error::CorruptGguf { path: path.to_path_buf(), reason: crate::error::candle_reason(&e) })?;
         Ok(Self { path: path.to_path_buf(), content, reader })
     }
 
@@ -111,9 +111,10 @@ impl GgufFile {
     }
 
     fn read_tensor(&mut self, name: &str, device: &Device) -> Result<QTensor> {
-        self.content
-            .tensor(&mut self.reader, name, device)
-            .map_err(|e| Error::CorruptGguf { path: self.path.clone(), reason: format!("tensor {name}: {e}") })
+        self.content.tensor(&mut self.reader, name, device).map_err(|e| Error::CorruptGguf {
+            path: self.path.clone(),
+            reason: format!("tensor {name}: {}", crate::error::candle_reason(&e)),
+        })
     }
 
     /// (GGUF name, Hugging Face name) of every tensor the decoder uses.
