@@ -35,6 +35,29 @@ fn reproduces_llama_cpp_ids_and_decodes_back() {
     }
 }
 
+#[derive(serde::Deserialize)]
+struct FuzzCase {
+    text: String,
+    ids: Vec<u32>,
+}
+
+/// 600 seeded random texts (pre-tokenizer stress pieces and random code
+/// points from many scripts) and llama.cpp's ids for them, made by
+/// `scripts/reference/make_tokenizer_fuzz.py`.
+#[test]
+fn reproduces_llama_cpp_on_random_texts() {
+    let tok = tokenizer();
+    let text = std::fs::read_to_string(common::fixture("smollm2_tokenizer_fuzz.jsonl")).unwrap();
+    let cases: Vec<FuzzCase> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(cases.len(), 600);
+    let wrong: Vec<&str> = cases
+        .iter()
+        .filter(|c| tok.encode(&c.text).unwrap() != c.ids || tok.decode(&c.ids).unwrap() != c.text)
+        .map(|c| c.text.as_str())
+        .collect();
+    assert!(wrong.is_empty(), "{} of 600 differ from llama.cpp, e.g. {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
+}
+
 #[test]
 fn chat_tokens_are_single_ids_and_rlt_tags_are_text() {
     let tok = tokenizer();
