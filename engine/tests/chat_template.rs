@@ -1,6 +1,7 @@
 //! Chat templates against strings rendered by transformers'
 //! `apply_chat_template` (tests/fixtures/smollm2_chat_template_cases.json,
-//! made by scripts/reference/make_fixtures.py).
+//! made by scripts/reference/make_fixtures.py, and random conversations in
+//! smollm2_chat_template_fuzz.jsonl, by make_fuzz_fixtures.py).
 
 mod common;
 
@@ -32,6 +33,38 @@ fn gguf_template() -> ChatTemplate {
     let gguf = rlt_engine::gguf::GgufFile::open(&common::model_path()).unwrap();
     let src = gguf.get_str("tokenizer.chat_template").unwrap();
     ChatTemplate::new(src, Some("<|im_start|>".into()), Some("<|im_end|>".into())).unwrap()
+}
+
+#[derive(serde::Deserialize)]
+struct FuzzCase {
+    messages: Vec<Message>,
+    ending: String,
+    expected: String,
+}
+
+/// 300 seeded random conversations (template syntax, special tokens and
+/// whitespace of every kind in the contents, empty messages, all three
+/// endings) rendered by transformers with the GGUF's template; made by
+/// `scripts/reference/make_fuzz_fixtures.py`.
+#[test]
+fn renders_random_conversations_like_transformers() {
+    let template = gguf_template();
+    let text = std::fs::read_to_string(common::fixture("smollm2_chat_template_fuzz.jsonl")).unwrap();
+    let cases: Vec<FuzzCase> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(cases.len(), 300);
+    let mut continued = 0;
+    for (i, case) in cases.iter().enumerate() {
+        let ending = match case.ending.as_str() {
+            "generation_prompt" => Ending::GenerationPrompt,
+            "continue_final" => Ending::ContinueFinal,
+            "complete" => Ending::Complete,
+            other => panic!("unknown ending {other}"),
+        };
+        continued += usize::from(ending == Ending::ContinueFinal);
+        let got = template.render(&case.messages, ending).unwrap();
+        assert_eq!(got, case.expected, "case {i}: {:?}", case.messages);
+    }
+    assert!(continued > 50, "too few continued conversations: {continued}");
 }
 
 #[test]
