@@ -43,7 +43,7 @@ struct FuzzCase {
 
 /// 600 seeded random texts (pre-tokenizer stress pieces and random code
 /// points from many scripts) and llama.cpp's ids for them, made by
-/// `scripts/reference/make_tokenizer_fuzz.py`.
+/// `scripts/reference/make_fuzz_fixtures.py`.
 #[test]
 fn reproduces_llama_cpp_on_random_texts() {
     let tok = tokenizer();
