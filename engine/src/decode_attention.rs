@@ -189,6 +189,8 @@ impl Group<'_> {
             let mut j = 0;
             while j < n {
                 let keys = (n - j).min(4);
+                // These keys' values, for `mix` after the softmax.
+                prefetch_rows(self.v, j..j + keys, st, d);
                 let mut a = [[_mm256_setzero_ps(); 4]; H];
                 for c in (0..d).step_by(8) {
                     let qv: [__m256; H] = std::array::from_fn(|h| _mm256_loadu_ps(q.add(h * d + c)));
@@ -274,6 +276,7 @@ impl Group<'_> {
             let mut j = 0;
             while j < n {
                 let keys = (n - j).min(8);
+                prefetch_rows(self.v, j..j + keys, st, d);
                 let mut a = [[_mm512_setzero_ps(); 4]; H];
                 for c in (0..d).step_by(8) {
                     let qv: [__m512; H] = std::array::from_fn(|h| both(_mm256_loadu_ps(q.add(h * d + c))));
@@ -300,6 +303,26 @@ impl Group<'_> {
             }
         }
         H
+    }
+}
+
+/// Asks for rows `rows` of `x` (row `j` at `j·stride`, `d` floats each)
+/// in L1. The scores prefetch the values `mix` reads next: each (row, kv
+/// head)'s values are one short pass that the hardware prefetcher does
+/// not get ahead of, and the weights streaming through every step have
+/// evicted them from the caches since the last. (Prefetching the next
+/// keys as well cost the scores more than it saved.)
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_rows(x: &[f32], rows: std::ops::Range<usize>, stride: usize, d: usize) {
+    use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+    for j in rows {
+        for c in (0..d).step_by(16) {
+            if let Some(at) = x.get(j * stride + c) {
+                // SAFETY: a prefetch only hints; `at` is inside `x`.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(at).cast()) };
+            }
+        }
     }
 }
 
