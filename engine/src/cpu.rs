@@ -688,6 +688,12 @@ fn attend_one(q: &[f32], s: Shape, kv: Kv, left_pad: &[usize], scale: f32, out: 
                 Group { q, k: &kv.k[at..], v: &kv.v[at..], stride: kv.row, n: kv.len - from, d }
             }),
         ];
+        // The next row's own keys for this kv head (the next task): their
+        // first lines are a cold start the hardware prefetcher cannot see.
+        if bi + 1 < b && from < kv.len {
+            let at = (bi + 1) * kv.batch + g * kv.head;
+            crate::decode_attention::prefetch_rows(&kv.k[at..], 0..(kv.len - from).min(4), kv.row, d);
+        }
         scores.clear();
         scores.resize(groups * n, 0.0);
         let mut col = 0;

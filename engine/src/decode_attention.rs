@@ -314,7 +314,7 @@ impl Group<'_> {
 /// keys as well cost the scores more than it saved.)
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn prefetch_rows(x: &[f32], rows: std::ops::Range<usize>, stride: usize, d: usize) {
+pub(crate) fn prefetch_rows(x: &[f32], rows: std::ops::Range<usize>, stride: usize, d: usize) {
     use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
     for j in rows {
         for c in (0..d).step_by(16) {
