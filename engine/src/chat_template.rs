@@ -160,17 +160,27 @@ fn py_strip(s: &str) -> &str {
     s.trim_matches(py_is_space)
 }
 
-/// transformers' `tojson`: `json.dumps(x, ensure_ascii=False, indent=indent)`.
-fn python_tojson(value: Value, indent: Option<usize>) -> std::result::Result<Value, minijinja::Error> {
-    let json =
-        serde_json::to_value(&value).map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+/// transformers' `tojson`: `json.dumps(x, ensure_ascii=False, indent=indent)`,
+/// dict keys in insertion order as in Python (minijinja keeps it with
+/// `preserve_order`; a detour through `serde_json::Value` would sort them).
+fn python_tojson(
+    value: Value,
+    indent: Option<usize>,
+    kwargs: minijinja::value::Kwargs,
+) -> std::result::Result<Value, minijinja::Error> {
+    let indent = kwargs.get::<Option<usize>>("indent")?.or(indent);
+    kwargs.assert_all_used()?;
     let mut out = String::new();
-    write_py_json(&json, indent, 0, &mut out);
+    write_py_json(&value, indent, 0, &mut out)?;
     Ok(Value::from_safe_string(out))
 }
 
-fn write_py_json(v: &serde_json::Value, indent: Option<usize>, depth: usize, out: &mut String) {
-    use serde_json::Value as J;
+fn write_py_json(
+    v: &Value,
+    indent: Option<usize>,
+    depth: usize,
+    out: &mut String,
+) -> std::result::Result<(), minijinja::Error> {
     let newline = |out: &mut String, depth: usize| {
         if let Some(n) = indent {
             out.push('\n');
@@ -179,35 +189,42 @@ fn write_py_json(v: &serde_json::Value, indent: Option<usize>, depth: usize, out
     };
     // With an indent Python uses "," + newline; without, ", ".
     let sep = if indent.is_some() { "," } else { ", " };
-    match v {
-        J::Array(items) if !items.is_empty() => {
-            out.push('[');
+    let scalar = |x: &Value| {
+        serde_json::to_string(x).map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))
+    };
+    match v.kind() {
+        ValueKind::Seq | ValueKind::Iterable | ValueKind::Map => {
+            let map = v.kind() == ValueKind::Map;
+            let items: Vec<Value> = v.try_iter()?.collect();
+            let (open, close) = if map { ('{', '}') } else { ('[', ']') };
+            out.push(open);
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
                     out.push_str(sep);
                 }
                 newline(out, depth + 1);
-                write_py_json(item, indent, depth + 1, out);
-            }
-            newline(out, depth);
-            out.push(']');
-        }
-        J::Object(map) if !map.is_empty() => {
-            out.push('{');
-            for (i, (k, item)) in map.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(sep);
+                if map {
+                    // Python writes every key as a string: 1 as "1", None as "null".
+                    let key = match item.as_str() {
+                        Some(k) => k.to_string(),
+                        None => scalar(item)?,
+                    };
+                    out.push_str(&scalar(&Value::from(key))?);
+                    out.push_str(": ");
+                    write_py_json(&v.get_item(item)?, indent, depth + 1, out)?;
+                } else {
+                    write_py_json(item, indent, depth + 1, out)?;
                 }
-                newline(out, depth + 1);
-                out.push_str(&serde_json::to_string(k).unwrap_or_default());
-                out.push_str(": ");
-                write_py_json(item, indent, depth + 1, out);
             }
-            newline(out, depth);
-            out.push('}');
+            if !items.is_empty() {
+                newline(out, depth);
+            }
+            out.push(close);
         }
-        other => out.push_str(&serde_json::to_string(other).unwrap_or_default()),
+        ValueKind::Undefined | ValueKind::None => out.push_str("null"),
+        _ => out.push_str(&scalar(v)?),
     }
+    Ok(())
 }
 
 /// The Python string and dict methods that chat templates call.
@@ -294,12 +311,26 @@ mod tests {
 
     #[test]
     fn tojson_matches_python_dumps() {
-        let v = serde_json::json!({"b": [1, "x<y"], "a": {}});
-        let mut out = String::new();
-        write_py_json(&v, None, 0, &mut out);
-        assert_eq!(out, r#"{"a": {}, "b": [1, "x<y"]}"#);
-        let mut out = String::new();
-        write_py_json(&serde_json::json!([1, [2]]), Some(2), 0, &mut out);
-        assert_eq!(out, "[\n  1,\n  [\n    2\n  ]\n]");
+        // Expected strings from transformers' jinja environment (json.dumps
+        // with ensure_ascii=False): insertion order, ", " and ": ", floats
+        // keep their ".0", indent puts "," at line ends.
+        let t = ChatTemplate::new(
+            concat!(
+                r#"{% set d = {"z": 1, "a": [2, 1.0, none, true, "é\n"]} %}{{ d | tojson }}|"#,
+                r#"{% for k, v in d.items() %}{{ k }}{% endfor %}|{{ messages[0] | tojson }}|"#,
+                r#"{{ d | tojson(indent=2) }}|{{ {} | tojson }}{{ [] | tojson }}"#,
+            ),
+            None,
+            None,
+        )
+        .unwrap();
+        let got = t.render(&[Message::user("hi <b>")], Ending::Complete).unwrap();
+        assert_eq!(
+            got,
+            concat!(
+                r#"{"z": 1, "a": [2, 1.0, null, true, "é\n"]}|za|{"role": "user", "content": "hi <b>"}|"#,
+                "{\n  \"z\": 1,\n  \"a\": [\n    2,\n    1.0,\n    null,\n    true,\n    \"é\\n\"\n  ]\n}|{}[]",
+            )
+        );
     }
 }
