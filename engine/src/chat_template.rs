@@ -91,6 +91,8 @@ impl ChatTemplate {
             Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
         });
         env.add_filter("tojson", python_tojson);
+        env.add_filter("e", markupsafe_escape);
+        env.add_filter("escape", markupsafe_escape);
         env.set_unknown_method_callback(python_methods);
         env.add_template_owned("chat", source.to_string()).map_err(template_err)?;
         Ok(Self { env, source: source.to_string(), bos_token, eos_token })
@@ -160,6 +162,27 @@ fn py_strip(s: &str) -> &str {
     s.trim_matches(py_is_space)
 }
 
+/// Jinja's `escape` as markupsafe does it (`&#39;` and `&#34;` for quotes;
+/// minijinja's own writes `&#x27;`, `&quot;` and also escapes `/`).
+fn markupsafe_escape(value: Value) -> Value {
+    if value.is_safe() {
+        return value;
+    }
+    let text = value.to_string();
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&#34;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    Value::from_safe_string(out)
+}
+
 /// transformers' `tojson`: `json.dumps(x, ensure_ascii=False, indent=indent)`,
 /// dict keys in insertion order as in Python (minijinja keeps it with
 /// `preserve_order`; a detour through `serde_json::Value` would sort them).
@@ -227,68 +250,42 @@ fn write_py_json(
     Ok(())
 }
 
-/// The Python string and dict methods that chat templates call.
+/// Python's string and dict methods for chat templates: minijinja-contrib's
+/// `pycompat`, except where Python differs from it: `strip`, `lstrip`,
+/// `rstrip` and `split()` by Python's whitespace (which includes
+/// U+001C..U+001F), and `title` (a letter after an apostrophe is
+/// capitalised, as in Python).
 fn python_methods(
-    _state: &mut minijinja::State,
+    state: &mut minijinja::State,
     value: &Value,
     method: &str,
     args: &[Value],
 ) -> std::result::Result<Value, minijinja::Error> {
-    let unknown = || Err(minijinja::Error::from(ErrorKind::UnknownMethod));
-    let arg_str = |i: usize| args.get(i).and_then(|a| a.as_str().map(str::to_string));
     if let Some(s) = value.as_str() {
-        let chars = arg_str(0);
-        let set = |c: char| match &chars {
+        let chars = match args {
+            [] => None,
+            [c] if c.is_none() => None,
+            [c] => c.as_str(),
+            _ => return minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args),
+        };
+        let set = |c: char| match chars {
             Some(cs) => cs.contains(c),
             None => py_is_space(c),
         };
-        return Ok(match method {
-            "strip" => Value::from(s.trim_matches(set)),
-            "lstrip" => Value::from(s.trim_start_matches(set)),
-            "rstrip" => Value::from(s.trim_end_matches(set)),
-            "startswith" => Value::from(arg_str(0).is_some_and(|p| s.starts_with(&p))),
-            "endswith" => Value::from(arg_str(0).is_some_and(|p| s.ends_with(&p))),
-            "upper" => Value::from(s.to_uppercase()),
-            "lower" => Value::from(s.to_lowercase()),
-            "title" => Value::from(title_case(s)),
-            "replace" => match (arg_str(0), arg_str(1)) {
-                (Some(a), Some(b)) => Value::from(s.replace(&a, &b)),
-                _ => return unknown(),
-            },
-            "split" => {
-                let parts: Vec<Value> = match arg_str(0) {
-                    Some(sep) => s.split(sep.as_str()).map(Value::from).collect(),
-                    None => s.split(py_is_space).filter(|p| !p.is_empty()).map(Value::from).collect(),
-                };
-                Value::from(parts)
+        match method {
+            "strip" => return Ok(Value::from(s.trim_matches(set))),
+            "lstrip" => return Ok(Value::from(s.trim_start_matches(set))),
+            "rstrip" => return Ok(Value::from(s.trim_end_matches(set))),
+            "title" if args.is_empty() => return Ok(Value::from(title_case(s))),
+            "split" if chars.is_none() => {
+                return Ok(Value::from(
+                    s.split(py_is_space).filter(|p| !p.is_empty()).map(Value::from).collect::<Vec<_>>(),
+                ));
             }
-            _ => return unknown(),
-        });
+            _ => {}
+        }
     }
-    if value.kind() == ValueKind::Map {
-        return match method {
-            "items" => Ok(Value::from(
-                value
-                    .try_iter()?
-                    .map(|k| {
-                        let v = value.get_item(&k).unwrap_or_default();
-                        Value::from(vec![k, v])
-                    })
-                    .collect::<Vec<_>>(),
-            )),
-            "keys" => Ok(Value::from(value.try_iter()?.collect::<Vec<_>>())),
-            "values" => {
-                Ok(Value::from(value.try_iter()?.map(|k| value.get_item(&k).unwrap_or_default()).collect::<Vec<_>>()))
-            }
-            "get" => {
-                let key = args.first().cloned().unwrap_or_default();
-                let v = value.get_item(&key).unwrap_or_default();
-                Ok(if v.is_undefined() { args.get(1).cloned().unwrap_or(Value::from(())) } else { v })
-            }
-            _ => unknown(),
-        };
-    }
-    unknown()
+    minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
 }
 
 fn title_case(s: &str) -> String {
@@ -308,6 +305,16 @@ fn title_case(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escape_matches_markupsafe() {
+        let t = ChatTemplate::new("{{ messages[0].content | e }}|{{ messages[0].content | escape | e }}", None, None)
+            .unwrap();
+        let got = t.render(&[Message::user(r#"<a href="/x">&'</a>"#)], Ending::Complete).unwrap();
+        // markupsafe.escape, and a second escape leaves the safe string be.
+        let want = "&lt;a href=&#34;/x&#34;&gt;&amp;&#39;&lt;/a&gt;";
+        assert_eq!(got, format!("{want}|{want}"));
+    }
 
     #[test]
     fn tojson_matches_python_dumps() {

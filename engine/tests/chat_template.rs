@@ -36,6 +36,48 @@ fn gguf_template() -> ChatTemplate {
 }
 
 #[derive(serde::Deserialize)]
+struct Features {
+    messages: Vec<Message>,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+    cases: Vec<FeatureCase>,
+}
+
+#[derive(serde::Deserialize)]
+struct FeatureCase {
+    name: String,
+    template: String,
+    add_generation_prompt: bool,
+    expected: Option<String>,
+    error: Option<String>,
+}
+
+/// What chat templates in the wild use (filters, tests, loop variables,
+/// namespaces, macros, break/continue, Python string and dict methods,
+/// tojson, escaping, whitespace control), each rendered by transformers
+/// or failing there; made by `scripts/reference/make_fuzz_fixtures.py`.
+#[test]
+fn template_features_render_like_transformers() {
+    let text = std::fs::read_to_string(common::fixture("chat_template_features.json")).unwrap();
+    let f: Features = serde_json::from_str(&text).unwrap();
+    assert!(f.cases.len() >= 30);
+    for case in &f.cases {
+        let template = ChatTemplate::new(&case.template, f.bos_token.clone(), f.eos_token.clone())
+            .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let ending = if case.add_generation_prompt { Ending::GenerationPrompt } else { Ending::Complete };
+        let got = template.render(&f.messages, ending);
+        match (&case.expected, &case.error) {
+            (Some(want), _) => assert_eq!(got.as_deref().ok(), Some(want.as_str()), "{}: {got:?}", case.name),
+            (None, Some(err)) => {
+                let e = got.expect_err(&case.name).to_string();
+                assert!(e.contains(err.as_str()), "{}: {e} should carry {err}", case.name);
+            }
+            (None, None) => panic!("{}: neither output nor error", case.name),
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
 struct FuzzCase {
     messages: Vec<Message>,
     ending: String,
