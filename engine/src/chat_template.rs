@@ -90,6 +90,9 @@ impl ChatTemplate {
         env.add_function("raise_exception", |msg: String| -> std::result::Result<Value, minijinja::Error> {
             Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
         });
+        // transformers offers this (Llama 3.x templates date their system
+        // prompt with it when it is defined).
+        env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", python_tojson);
         env.add_filter("e", markupsafe_escape);
         env.add_filter("escape", markupsafe_escape);
@@ -160,6 +163,18 @@ fn py_is_space(c: char) -> bool {
 
 fn py_strip(s: &str) -> &str {
     s.trim_matches(py_is_space)
+}
+
+/// transformers' `strftime_now(format)`: the local time now, formatted.
+fn strftime_now(format: String) -> std::result::Result<Value, minijinja::Error> {
+    use std::fmt::Write;
+    let mut out = String::new();
+    // Written, not `to_string()`: chrono reports a bad specifier as a
+    // formatting error, which `to_string()` would turn into a panic.
+    write!(out, "{}", chrono::Local::now().format(&format)).map_err(|_| {
+        minijinja::Error::new(ErrorKind::InvalidOperation, format!("strftime_now: invalid format {format:?}"))
+    })?;
+    Ok(Value::from(out))
 }
 
 /// Jinja's `escape` as markupsafe does it (`&#39;` and `&#34;` for quotes;
@@ -305,6 +320,21 @@ fn title_case(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strftime_now_dates_like_python() {
+        // Llama 3.2's opening lines.
+        let src = concat!(
+            r#"{%- if strftime_now is defined %}{%- set date_string = strftime_now("%d %b %Y") %}"#,
+            r#"{%- else %}{%- set date_string = "26 Jul 2024" %}{%- endif %}{{ date_string }}"#,
+        );
+        let before = chrono::Local::now().format("%d %b %Y").to_string();
+        let got = ChatTemplate::new(src, None, None).unwrap().render(&[], Ending::Complete).unwrap();
+        let after = chrono::Local::now().format("%d %b %Y").to_string();
+        assert!(got == before || got == after, "{got}");
+        let bad = ChatTemplate::new("{{ strftime_now('%Q') }}", None, None).unwrap();
+        assert!(bad.render(&[], Ending::Complete).unwrap_err().to_string().contains("invalid format"));
+    }
 
     #[test]
     fn escape_matches_markupsafe() {
