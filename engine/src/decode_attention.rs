@@ -312,18 +312,20 @@ impl Group<'_> {
 /// not get ahead of, and the weights streaming through every step have
 /// evicted them from the caches since the last. (Prefetching the next
 /// keys as well cost the scores more than it saved.)
-#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(crate) fn prefetch_rows(x: &[f32], rows: std::ops::Range<usize>, stride: usize, d: usize) {
-    use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+    #[cfg(target_arch = "x86_64")]
     for j in rows {
         for c in (0..d).step_by(16) {
             if let Some(at) = x.get(j * stride + c) {
+                use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
                 // SAFETY: a prefetch only hints; `at` is inside `x`.
                 unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(at).cast()) };
             }
         }
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (x, rows, stride, d);
 }
 
 /// Writes the first `count` (at most four, then all) of four scores.
@@ -369,6 +371,7 @@ fn wide() -> bool {
         .get_or_init(|| kernels::self_checked(kernels::avx512_present(), wide_agrees, "the 512-bit decoding attention"))
 }
 
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // only the x86-64 kernels use it
 #[cfg(not(target_arch = "x86_64"))]
 fn wide() -> bool {
     false

@@ -50,8 +50,16 @@ pub enum Error {
     #[error("cancelled")]
     Cancelled,
 
+    /// Not a `#[source]`: chains printed with their sources (`{:#}`) would
+    /// repeat the reason and bring back candle's backtrace.
     #[error("{}", candle_reason(.0))]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Candle(e)
+    }
 }
 
 /// A candle error's message without the backtrace candle attaches when
@@ -95,6 +103,9 @@ mod tests {
             backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
         }
         .context("reading the header");
-        assert_eq!(Error::from(wrapped).to_string(), "reading the header: unknown magic");
+        let e = Error::from(wrapped);
+        assert_eq!(e.to_string(), "reading the header: unknown magic");
+        // Printed with its sources, as the CLI does, it says it once.
+        assert!(std::error::Error::source(&e).is_none());
     }
 }

@@ -156,6 +156,7 @@ fn wide_exp() -> bool {
 /// Whether a kernel that the CPU can run (`present`) may be used: only if
 /// its self-check (`agrees`, run only then) passes; a failed check is
 /// logged and the caller keeps the kernel it would otherwise use.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // only the x86-64 kernels use it
 pub(crate) fn self_checked(present: bool, agrees: impl FnOnce() -> bool, what: &str) -> bool {
     if present {
         if agrees() {
@@ -203,6 +204,7 @@ fn wide_exp_agrees() -> bool {
     })
 }
 
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // only the x86-64 kernels use it
 fn fast_exp() -> bool {
     #[cfg(target_arch = "x86_64")]
     {

@@ -358,6 +358,7 @@ impl Format for Q8 {
 /// A quantized weight `[n, k]` in panels of eight rows (see the module
 /// docs), panel-major: panel `p`'s blocks are one contiguous stream. The
 /// last panel is zero-padded past row `n`.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // fields only the x86-64 kernels read
 #[derive(Debug)]
 pub(crate) struct PanelMatrix<F> {
     n: usize,
@@ -607,6 +608,7 @@ fn run_chunks<F: Fn(usize, usize) + Sync>(n: usize, step: usize, chunk: F) {
 /// panels from `p0`, into `out` (row stride `ld`), overwriting or adding;
 /// `prefetch` on the first row tile of a pass; `vnni` to run the
 /// AVX512-VNNI variant (see [`vnni`]).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // fields only the x86-64 kernels read
 #[derive(Clone, Copy)]
 pub(crate) struct TileAt {
     p0: usize,
