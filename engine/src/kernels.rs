@@ -78,12 +78,15 @@ unsafe fn exp_sum_avx2(src: *const f32, dst: *mut f32, len: usize, shift: f32, s
         }
         let mut lanes = [0f32; 8];
         _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+        // The last few values through one padded `exp8` too: one vector
+        // pass instead of up to seven scalar ones, which in decoding
+        // attention's short rows of scores (tens of keys) cost as much
+        // as the vector part. Every value is then `exp8`'s bits.
         let rest = len - i;
         let mut tail = [0f32; 8];
-        for (j, t) in tail.iter_mut().enumerate().take(rest) {
-            *t = (*src.add(i + j) - shift) * scale;
-        }
-        exp_in_place_portable(&mut tail[..rest]);
+        std::ptr::copy_nonoverlapping(src.add(i), tail.as_mut_ptr(), rest);
+        let e = exp8(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(tail.as_ptr()), vs), vm));
+        _mm256_storeu_ps(tail.as_mut_ptr(), e);
         if !dst.is_null() {
             std::ptr::copy_nonoverlapping(tail.as_ptr(), dst.add(i), rest);
         }
@@ -110,8 +113,8 @@ unsafe fn exp16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
 }
 
 /// [`exp_sum_avx2`] sixteen values at a time: every value is the same
-/// bits as there (a last run of eight goes through [`exp8`], the rest
-/// through the portable code, as there); the sum adds them in another
+/// bits as there (the last fifteen or fewer go through that function
+/// itself); the sum adds them in another
 /// order. The softmax over a 49,152-token vocabulary is a pass like this
 /// per scored position and per sampled token.
 ///
