@@ -1,5 +1,5 @@
-"""Write two seeded (reproducible) fixtures of random inputs and what the
-peers make of them with the SmolLM2 Q4_1 GGUF:
+"""Write three fixtures (the random ones seeded, so reproducible) of inputs
+and what the peers make of them with the SmolLM2 Q4_1 GGUF:
 
 tests/fixtures/smollm2_tokenizer_fuzz.jsonl: texts and the ids llama.cpp
 gives them with the GGUF's own vocabulary. Half the texts are glued from
