@@ -148,6 +148,10 @@ impl ChatTemplate {
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token.clone(),
             eos_token => self.eos_token.clone(),
+            // transformers passes these as None when there are none, so
+            // `tools is not none` is false, not true as for an undefined name.
+            tools => (),
+            documents => (),
         })
         .map_err(template_err)
     }

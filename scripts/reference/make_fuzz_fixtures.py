@@ -101,6 +101,7 @@ FEATURE_TEMPLATES = {
     "control": "{% for m in messages %}{% if m.role == 'assistant' %}{% break %}{% endif %}{{ m.role }}{% endfor %}|{% for m in messages %}{% if loop.index is even %}{% continue %}{% endif %}{{ m.content }}{% endfor %}|{{ 'y' if messages else 'n' }}|{{ 'y' if [] else 'n' }}|{{ messages[5] is defined }}|{% for m in messages if m.role == 'user' %}{{ loop.index }}{{ m.content }}{% endfor %}|{{ loop is defined }}",
     "cycle_etc": "{% for m in messages %}{{ loop.cycle('a','b') }}{{ loop.depth }}{% endfor %}|{{ messages|map(attribute='content')|map('upper')|join('/') }}|{{ messages|rejectattr('role','equalto','user')|map(attribute='role')|list }}|{{ [1,2,2,3]|unique|list }}|{{ messages|groupby('role')|length }}|{{ range(2,8,2)|list }}|{{ [3,1]|max }}{{ [3,1]|min }}|{{ [1,2,3]|sum }}|{{ 'a\nb'|indent(2) }}|{{ ' a '|trim('') }}",
     "strmethods": "{{ 'Abc'.capitalize() }}|{{ 'abc'.find('c') }}|{{ 'a b'.split(' ', 1) }}|{{ ' x '.lstrip() }}|{{ 'x'.join(['a','b']) }}|{{ 'aaa'.count('a') }}|{{ 'abc'.isalpha() }}|{{ '{}-{}'.format(1, 2) }}|{{ 'a b c'.split(' ', 1) }}|{{ 'ab'.startswith(('x','a')) }}|{{ 'x\\x1c'.strip()|length }}|{{ 'a\\nb\\n'.splitlines() }}|{{ \"it's\".title() }}|{{ 'a'.strip(none) }}|{{ 'a  b'.split(none, 1) }}",
+    "tools_none": "{{ tools is none }}|{{ documents is none }}|{{ tools is defined }}|{% if tools is not none %}T{% endif %}|{% if tools %}t{% endif %}",
     "raise": "{% if messages[0].role == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}",
 }
 
