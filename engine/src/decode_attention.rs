@@ -189,8 +189,11 @@ impl Group<'_> {
             let mut j = 0;
             while j < n {
                 let keys = (n - j).min(4);
-                // These keys' values, for `mix` after the softmax.
-                prefetch_rows(self.v, j..j + keys, st, d);
+                // These keys' values, for `mix` after the softmax (once,
+                // in the first run of heads).
+                if h0 == 0 {
+                    prefetch_rows(self.v, j..j + keys, st, d);
+                }
                 let mut a = [[_mm256_setzero_ps(); 4]; H];
                 for c in (0..d).step_by(8) {
                     let qv: [__m256; H] = std::array::from_fn(|h| _mm256_loadu_ps(q.add(h * d + c)));
@@ -276,7 +279,9 @@ impl Group<'_> {
             let mut j = 0;
             while j < n {
                 let keys = (n - j).min(8);
-                prefetch_rows(self.v, j..j + keys, st, d);
+                if h0 == 0 {
+                    prefetch_rows(self.v, j..j + keys, st, d);
+                }
                 let mut a = [[_mm512_setzero_ps(); 4]; H];
                 for c in (0..d).step_by(8) {
                     let qv: [__m512; H] = std::array::from_fn(|h| both(_mm256_loadu_ps(q.add(h * d + c))));
