@@ -104,6 +104,7 @@ impl GgufFile {
             max_position_embeddings: self.get_usize(&key("context_length"))?,
             tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
             attention_bias: self.content.tensor_infos.contains_key("blk.0.attn_q.bias"),
+            output_bias: self.content.tensor_infos.contains_key("blk.0.attn_output.bias"),
             rope_scaling: None,
         };
         cfg.validate()?;
@@ -141,6 +142,9 @@ impl GgufFile {
                 }
             }
             add("attn_output.weight", "self_attn.o_proj.weight");
+            if cfg.output_bias {
+                add("attn_output.bias", "self_attn.o_proj.bias");
+            }
             add("ffn_gate.weight", "mlp.gate_proj.weight");
             add("ffn_up.weight", "mlp.up_proj.weight");
             add("ffn_down.weight", "mlp.down_proj.weight");

@@ -195,6 +195,9 @@ pub fn tensor_names(cfg: &Config) -> Vec<String> {
                 names.push(format!("{p}.self_attn.{n}.bias"));
             }
         }
+        if cfg.output_bias {
+            names.push(format!("{p}.self_attn.o_proj.bias"));
+        }
     }
     names
 }

@@ -82,6 +82,10 @@ pub struct Config {
     pub tie_word_embeddings: bool,
     /// Bias on the q/k/v projections (Qwen2 has it, Llama normally not).
     pub attention_bias: bool,
+    /// Bias on the output projection (Llama's `attention_bias` puts one
+    /// there too; Qwen2 never has it).
+    #[serde(default)]
+    pub output_bias: bool,
     pub rope_scaling: Option<Llama3RopeScaling>,
 }
 
@@ -113,6 +117,15 @@ struct HfConfig {
     attention_bias: Option<bool>,
     #[serde(default)]
     rope_scaling: Option<serde_json::Value>,
+    /// transformers 5 writes `rope_theta` and the scaling here instead.
+    #[serde(default)]
+    rope_parameters: Option<serde_json::Value>,
+    #[serde(default)]
+    hidden_act: Option<String>,
+    #[serde(default)]
+    mlp_bias: Option<bool>,
+    #[serde(default)]
+    use_sliding_window: Option<bool>,
 }
 
 fn default_rms_eps() -> f64 {
@@ -135,23 +148,35 @@ impl Config {
             .or_else(|| hf.architectures.first().cloned())
             .ok_or_else(|| Error::metadata("config.json", "no model_type or architectures"))?;
         let architecture = Architecture::parse(&arch_name)?;
-        let rope_scaling = match &hf.rope_scaling {
-            None | Some(serde_json::Value::Null) => None,
+        let unsupported = |key: &str, what: String| Err(Error::metadata(format!("config.json {key}"), what));
+        if let Some(act) = hf.hidden_act.as_deref().filter(|a| !matches!(*a, "silu" | "swish")) {
+            return unsupported("hidden_act", format!("activation `{act}` is not supported (only silu)"));
+        }
+        if hf.mlp_bias == Some(true) {
+            return unsupported("mlp_bias", "MLP biases are not supported".into());
+        }
+        if hf.use_sliding_window == Some(true) {
+            return unsupported("use_sliding_window", "sliding-window attention is not supported".into());
+        }
+        // transformers 4: `rope_theta` and `rope_scaling` at the top level;
+        // transformers 5: both inside `rope_parameters`.
+        let (rope_key, rope) = match &hf.rope_parameters {
+            Some(v @ serde_json::Value::Object(_)) => ("rope_parameters", Some(v)),
+            _ => ("rope_scaling", hf.rope_scaling.as_ref().filter(|v| !v.is_null())),
+        };
+        let rope_theta = rope.and_then(|v| v.get("rope_theta")).and_then(|t| t.as_f64()).unwrap_or(hf.rope_theta);
+        let rope_scaling = match rope {
+            None => None,
             Some(v) => {
-                let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(|k| k.as_str()).unwrap_or("");
+                let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(|k| k.as_str()).unwrap_or("default");
                 match kind {
                     "llama3" => Some(
                         serde_json::from_value(v.clone())
-                            .map_err(|e| Error::metadata("config.json rope_scaling", e.to_string()))?,
+                            .map_err(|e| Error::metadata(format!("config.json {rope_key}"), e.to_string()))?,
                     ),
                     // "default" means no scaling in transformers.
                     "default" => None,
-                    other => {
-                        return Err(Error::metadata(
-                            "config.json rope_scaling",
-                            format!("unsupported rope scaling `{other}`"),
-                        ));
-                    }
+                    other => return unsupported(rope_key, format!("unsupported rope scaling `{other}`")),
                 }
             }
         };
@@ -165,10 +190,13 @@ impl Config {
             num_key_value_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
             head_dim: hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1)),
             rms_norm_eps: hf.rms_norm_eps,
-            rope_theta: hf.rope_theta,
+            rope_theta,
             max_position_embeddings: hf.max_position_embeddings,
             tie_word_embeddings: hf.tie_word_embeddings,
-            attention_bias: hf.attention_bias.unwrap_or(architecture == Architecture::Qwen2),
+            // transformers' Qwen2 always has q/k/v biases and never an
+            // output one; its Llama puts `attention_bias` on all four.
+            attention_bias: architecture == Architecture::Qwen2 || hf.attention_bias == Some(true),
+            output_bias: architecture == Architecture::Llama && hf.attention_bias == Some(true),
             rope_scaling,
         };
         cfg.validate()?;
@@ -645,7 +673,7 @@ impl Attention {
         let q_proj = w.linear(&format!("{prefix}.q_proj"), q_out, h, bias)?;
         let k_proj = w.linear(&format!("{prefix}.k_proj"), kv_out, h, bias)?;
         let v_proj = w.linear(&format!("{prefix}.v_proj"), kv_out, h, bias)?;
-        let o_proj = w.finish(w.linear(&format!("{prefix}.o_proj"), h, q_out, false)?)?;
+        let o_proj = w.finish(w.linear(&format!("{prefix}.o_proj"), h, q_out, cfg.output_bias)?)?;
         let qkv = Projections::new(vec![q_proj, k_proj, v_proj], w, mode)?;
         Ok(Self {
             qkv,
