@@ -74,8 +74,9 @@ impl GgufFile {
         Architecture::parse(self.get_str("general.architecture")?)
     }
 
-    /// The decoder config, from the `{arch}.*` keys.
-    pub fn config(&self) -> Result<Config> {
+    /// The decoder config, from the `{arch}.*` keys (and the `rope_freqs`
+    /// tensor, where llama.cpp's converter puts Llama 3's RoPE scaling).
+    pub fn config(&mut self) -> Result<Config> {
         let arch = self.architecture()?;
         let a = arch.as_str();
         let key = |k: &str| format!("{a}.{k}");
@@ -90,6 +91,27 @@ impl GgufFile {
             .ok_or_else(|| Error::metadata("token_embd.weight", "tensor missing"))?;
         // GGUF lists dims innermost first: [hidden, vocab].
         let vocab_size = *embed.shape.dims().first().ok_or_else(|| Error::metadata("token_embd.weight", "no dims"))?;
+        // llama.cpp applies these scalings at run time from metadata; the
+        // decoder implements none of them, so running on would be wrong.
+        if let Ok(kind) = self.get_str(&key("rope.scaling.type"))
+            && kind != "none"
+        {
+            return Err(Error::metadata(key("rope.scaling.type"), format!("RoPE scaling `{kind}` is not supported")));
+        }
+        if let Ok(dims) = self.get_usize(&key("rope.dimension_count"))
+            && dims != head_dim
+        {
+            return Err(Error::metadata(
+                key("rope.dimension_count"),
+                format!("RoPE on {dims} of {head_dim} head dimensions is not supported"),
+            ));
+        }
+        let rope_freq_factors = if self.content.tensor_infos.contains_key("rope_freqs.weight") {
+            let t = self.read_tensor("rope_freqs.weight", &Device::Cpu)?.dequantize(&Device::Cpu)?;
+            Some(t.flatten_all()?.to_vec1::<f32>()?)
+        } else {
+            None
+        };
         let cfg = Config {
             architecture: arch,
             vocab_size,
@@ -106,6 +128,7 @@ impl GgufFile {
             attention_bias: self.content.tensor_infos.contains_key("blk.0.attn_q.bias"),
             output_bias: self.content.tensor_infos.contains_key("blk.0.attn_output.bias"),
             rope_scaling: None,
+            rope_freq_factors,
         };
         cfg.validate()?;
         Ok(cfg)

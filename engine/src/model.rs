@@ -87,6 +87,10 @@ pub struct Config {
     #[serde(default)]
     pub output_bias: bool,
     pub rope_scaling: Option<Llama3RopeScaling>,
+    /// Per-frequency divisors of RoPE's inverse frequencies, as llama.cpp's
+    /// converter stores Llama 3's scaling in a GGUF (`rope_freqs.weight`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_freq_factors: Option<Vec<f32>>,
 }
 
 /// The subset of a Hugging Face `config.json` this decoder reads.
@@ -198,6 +202,7 @@ impl Config {
             attention_bias: architecture == Architecture::Qwen2 || hf.attention_bias == Some(true),
             output_bias: architecture == Architecture::Llama && hf.attention_bias == Some(true),
             rope_scaling,
+            rope_freq_factors: None,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -219,6 +224,15 @@ impl Config {
         }
         if self.vocab_size == 0 || self.hidden_size == 0 || self.num_hidden_layers == 0 {
             return bad("empty model dimensions".into());
+        }
+        if let Some(f) = &self.rope_freq_factors
+            && (f.len() != self.head_dim / 2 || f.iter().any(|x| !(x.is_finite() && *x > 0.0)))
+        {
+            return bad(format!(
+                "rope_freqs holds {} values, {} positive ones expected (head_dim / 2)",
+                f.len(),
+                self.head_dim / 2
+            ));
         }
         Ok(())
     }
@@ -508,6 +522,12 @@ impl RotaryEmbedding {
                     let smooth = (old_ctx / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
                     *f = (1.0 - smooth) * *f / s.factor + smooth * *f;
                 }
+            }
+        }
+        if let Some(factors) = &cfg.rope_freq_factors {
+            // llama.cpp: θ = pos · base^(-2i/d) / factor_i.
+            for (f, &div) in inv_freq.iter_mut().zip(factors) {
+                *f /= div as f64;
             }
         }
         let n = cfg.max_position_embeddings;

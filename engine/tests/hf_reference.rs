@@ -1,6 +1,7 @@
-//! Hugging Face directories against transformers: two tiny random models
-//! saved by `save_pretrained` (tests/fixtures/tiny_models, made by
-//! scripts/reference/make_tiny_models.py) cover what the SmolLM2 GGUF does
+//! Hugging Face directories (and a GGUF) against transformers: two tiny
+//! random models saved by `save_pretrained` (tests/fixtures/tiny_models,
+//! made by scripts/reference/make_tiny_models.py, with the Llama also
+//! written as llama.cpp's converter would) cover what the SmolLM2 GGUF does
 //! not: Qwen2's q/k/v biases, bf16 checkpoints, untied lm_heads, Llama 3
 //! RoPE scaling, an explicit head_dim, one key/value head for four query
 //! heads, Llama's attention_bias (which includes o_proj), and both
@@ -131,20 +132,22 @@ fn check_model(lm: &LoadedModel, fx: &Reference, what: &str) {
     }
 }
 
-fn check_directory(dir: &Path, name: &str, arch: Architecture) {
+/// Every path of the model at `path` (a directory or a GGUF) against the
+/// reference of the tiny model `name`.
+fn check_model_file(path: &Path, name: &str, arch: Architecture) -> LoadedModel {
     let fx = reference(name);
-    let lm = load_model(dir, WeightMode::F32, &Device::Cpu).unwrap();
+    let lm = load_model(path, WeightMode::F32, &Device::Cpu).unwrap();
     assert_eq!(lm.architecture, arch);
     check_model(&lm, &fx, name);
 
     // The training graph (plain candle ops) on the same weights.
-    let (trainable, _vars) = load_trainable(dir, &Device::Cpu).unwrap();
+    let (trainable, _vars) = load_trainable(path, &Device::Cpu).unwrap();
     for seq in &fx.sequences {
         check_logits(&full_logits(&trainable.model, &seq.ids), &fx, seq, &format!("{name}, training graph"));
     }
 
     // 8-bit weights: close, not equal.
-    let q = load_model(dir, WeightMode::Quantized, &Device::Cpu).unwrap();
+    let q = load_model(path, WeightMode::Quantized, &Device::Cpu).unwrap();
     let seq = &fx.sequences[1];
     let rows = full_logits(&q.model, &seq.ids);
     let mut diff = 0.0f32;
@@ -154,13 +157,18 @@ fn check_directory(dir: &Path, name: &str, arch: Architecture) {
     let diff = diff / rows.len() as f32;
     assert!(diff < 0.1 && diff > 0.0, "{name} quantized: mean |Δ logsumexp| {diff}");
 
-    // The directory's tokenizer and chat template.
+    let prompt = lm.chat_template().unwrap().render(&[Message::user("Hi")], Ending::GenerationPrompt).unwrap();
+    assert_eq!(prompt, fx.chat);
+    lm
+}
+
+fn check_directory(dir: &Path, name: &str, arch: Architecture) {
+    let fx = reference(name);
+    let lm = check_model_file(dir, name, arch);
     for t in &fx.tokenizer {
         assert_eq!(lm.tokenizer.encode(&t.text).unwrap(), t.ids, "{name}: {:?}", t.text);
         assert_eq!(lm.tokenizer.decode(&t.ids).unwrap(), t.text);
     }
-    let prompt = lm.chat_template().unwrap().render(&[Message::user("Hi")], Ending::GenerationPrompt).unwrap();
-    assert_eq!(prompt, fx.chat);
 }
 
 #[test]
@@ -171,6 +179,47 @@ fn qwen2_directory_matches_transformers() {
 #[test]
 fn llama_directory_matches_transformers() {
     check_directory(&tiny("llama"), "llama", Architecture::Llama);
+}
+
+#[test]
+fn llama_gguf_with_rope_freqs_matches_transformers() {
+    // The tiny Llama as llama.cpp's converter writes it: permuted q/k rows
+    // and biases, and the Llama 3 scaling as per-frequency divisors.
+    let lm = check_model_file(&tiny("llama.gguf"), "llama", Architecture::Llama);
+    assert_eq!(lm.config.rope_freq_factors.as_ref().map(Vec::len), Some(12));
+    assert!(lm.config.rope_scaling.is_none());
+}
+
+#[test]
+fn gguf_rope_settings_the_decoder_cannot_run_are_refused() {
+    use candle_core::quantized::gguf_file::{self, Value};
+    let path = tiny("llama.gguf");
+    let mut file = std::fs::File::open(&path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let tensors: Vec<(String, candle_core::quantized::QTensor)> = content
+        .tensor_infos
+        .keys()
+        .map(|name| (name.clone(), content.tensor(&mut file, name, &Device::Cpu).unwrap()))
+        .collect();
+    for (key, value, expected) in [
+        ("llama.rope.scaling.type", Value::String("yarn".into()), "yarn"),
+        ("llama.rope.dimension_count", Value::U32(16), "RoPE on 16 of 24"),
+    ] {
+        let mut metadata: Vec<(&str, &Value)> =
+            content.metadata.iter().filter(|(k, _)| k.as_str() != key).map(|(k, v)| (k.as_str(), v)).collect();
+        metadata.push((key, &value));
+        let out = std::env::temp_dir().join(format!("rlt-tiny-{}-{}.gguf", std::process::id(), key));
+        let mut w = std::fs::File::create(&out).unwrap();
+        let refs: Vec<(&str, &candle_core::quantized::QTensor)> =
+            tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        gguf_file::write(&mut w, &metadata, &refs).unwrap();
+        drop(w);
+        match load_model(&out, WeightMode::F32, &Device::Cpu) {
+            Ok(_) => panic!("{key} = {value:?} loaded"),
+            Err(e) => assert!(e.to_string().contains(expected) && e.to_string().contains(key), "{key}: {e}"),
+        }
+        std::fs::remove_file(&out).unwrap();
+    }
 }
 
 /// A copy of a fixture directory with its config.json changed.

@@ -18,6 +18,19 @@ writes two small models with random weights, saved by transformers'
                                       heads on one key/value head,
                                       attention_bias (q/k/v *and* o biases in
                                       transformers' Llama), untied lm_head
+  tests/fixtures/tiny_models/llama.gguf
+                                      the same Llama as llama.cpp's converter
+                                      would write it: q/k rows (and biases)
+                                      permuted for interleaved RoPE, the Llama
+                                      3 scaling as a `rope_freqs` tensor of
+                                      per-frequency divisors, f32 tensors, a
+                                      byte-level BPE vocabulary with one merge;
+                                      llama.cpp's logits on it are checked
+                                      against transformers' before anything
+                                      is written (so the file is what
+                                      llama.cpp means, and the engine's GGUF
+                                      path can be held to transformers'
+                                      numbers)
   tests/fixtures/tiny_models/reference.json
                                       per model and token sequence, at every
                                       position: argmax, max, logsumexp, the
@@ -41,9 +54,12 @@ Run once (seeded, reproducible), with the venv of scripts/reference/README.md:
 """
 
 import json
+import math
 import os
 import shutil
 
+import gguf
+import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
@@ -71,6 +87,109 @@ def byte_level_tokenizer():
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(["<|im_start|>", "<|im_end|>"])
     return tok
+
+
+def llama_cpp_permute(w, heads):
+    """llama.cpp's converter: rows [heads, 2, d/2] become [heads, d/2, 2]."""
+    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def llama3_rope_factors(cfg):
+    """convert_hf_to_gguf.py's per-frequency divisors for Llama 3 scaling."""
+    rope = cfg.rope_parameters
+    base, dim = rope["rope_theta"], cfg.head_dim
+    factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+    old_ctx = rope["original_max_position_embeddings"]
+    freqs = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    factors = []
+    for freq in freqs.tolist():
+        wavelen = 2 * math.pi / freq
+        if wavelen < old_ctx / high:
+            factors.append(1.0)
+        elif wavelen > old_ctx / low:
+            factors.append(factor)
+        else:
+            smooth = (old_ctx / wavelen - low) / (high - low)
+            factors.append(1.0 / ((1 - smooth) / factor + smooth))
+    return np.array(factors, dtype=np.float32)
+
+
+def write_llama_gguf(path, model, cfg):
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_name("tiny-random-llama")
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_key_length(cfg.head_dim)
+    w.add_value_length(cfg.head_dim)
+    w.add_rope_dimension_count(cfg.head_dim)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    w.add_vocab_size(cfg.vocab_size)
+    # GPT-2's byte characters, the ChatML specials, one merge, then
+    # reserved control tokens up to the model's vocabulary.
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = iter(range(256, 512))
+    tokens = [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
+    tokens += ["<|im_start|>", "<|im_end|>", "Ġt"]
+    types = [gguf.TokenType.NORMAL] * 256 + [gguf.TokenType.CONTROL] * 2 + [gguf.TokenType.NORMAL]
+    while len(tokens) < cfg.vocab_size:
+        tokens.append(f"<|reserved_{len(tokens)}|>")
+        types.append(gguf.TokenType.CONTROL)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("llama-bpe")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(["Ġ t"])
+    w.add_bos_token_id(256)
+    w.add_eos_token_id(257)
+    w.add_chat_template(CHAT_TEMPLATE)
+
+    sd = {k: v.detach().to(torch.float32).numpy() for k, v in model.state_dict().items()}
+    heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+    w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
+    w.add_tensor("output_norm.weight", sd["model.norm.weight"])
+    w.add_tensor("output.weight", sd["lm_head.weight"])
+    w.add_tensor("rope_freqs.weight", llama3_rope_factors(cfg))
+    names = {
+        "input_layernorm": "attn_norm",
+        "post_attention_layernorm": "ffn_norm",
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+    }
+    for i in range(cfg.num_hidden_layers):
+        for hf, gg in names.items():
+            for kind in ("weight", "bias"):
+                key = f"model.layers.{i}.{hf}.{kind}"
+                if key not in sd:
+                    continue
+                t = sd[key]
+                if hf == "self_attn.q_proj":
+                    t = llama_cpp_permute(t, heads)
+                elif hf == "self_attn.k_proj":
+                    t = llama_cpp_permute(t, kv_heads)
+                w.add_tensor(f"blk.{i}.{gg}.{kind}", np.ascontiguousarray(t))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def llama_cpp_logits(path, ids, vocab):
+    from llama_cpp import Llama
+
+    # An f32 cache: llama.cpp keeps keys and values in f16 by default.
+    llm = Llama(model_path=path, n_ctx=512, logits_all=True, n_threads=2, verbose=False, type_k=0, type_v=0)
+    llm.eval(ids)
+    return torch.tensor(np.array(llm.scores[: len(ids), :vocab]))
 
 
 def randomise(model, generator, weight_std):
@@ -151,6 +270,15 @@ def build(name, config, cls, dtype, seed, weight_std):
     )
     spread = statistics(model, sequences["long"])
     print(f"{name}: logits std {spread:.2f}")
+    if name == "llama":
+        path = os.path.join(OUT, "llama.gguf")
+        write_llama_gguf(path, model, config)
+        for ids in sequences.values():
+            with torch.no_grad():
+                want = model(torch.tensor([ids])).logits[0]
+            diff = float((llama_cpp_logits(path, ids, config.vocab_size) - want).abs().max())
+            print(f"llama.gguf: llama.cpp vs transformers, {len(ids)} tokens: max |diff| {diff:.2e}")
+            assert diff < 1e-3, diff
     return record
 
 
