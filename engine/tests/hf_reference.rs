@@ -1,4 +1,4 @@
-//! Hugging Face directories (and a GGUF) against transformers: two tiny
+//! Hugging Face directories (and GGUFs) against transformers: two tiny
 //! random models saved by `save_pretrained` (tests/fixtures/tiny_models,
 //! made by scripts/reference/make_tiny_models.py, with the Llama also
 //! written as llama.cpp's converter would) cover what the SmolLM2 GGUF does
@@ -188,6 +188,12 @@ fn llama_gguf_with_rope_freqs_matches_transformers() {
     let lm = check_model_file(&tiny("llama.gguf"), "llama", Architecture::Llama);
     assert_eq!(lm.config.rope_freq_factors.as_ref().map(Vec::len), Some(12));
     assert!(lm.config.rope_scaling.is_none());
+}
+
+#[test]
+fn qwen2_bf16_gguf_matches_transformers() {
+    let lm = check_model_file(&tiny("qwen2.gguf"), "qwen2", Architecture::Qwen2);
+    assert!(lm.config.attention_bias && !lm.config.output_bias);
 }
 
 #[test]

@@ -18,13 +18,15 @@ writes two small models with random weights, saved by transformers'
                                       heads on one key/value head,
                                       attention_bias (q/k/v *and* o biases in
                                       transformers' Llama), untied lm_head
-  tests/fixtures/tiny_models/llama.gguf
-                                      the same Llama as llama.cpp's converter
+  tests/fixtures/tiny_models/{qwen2,llama}.gguf
+                                      the same models as llama.cpp's converter
                                       would write it: q/k rows (and biases)
-                                      permuted for interleaved RoPE, the Llama
-                                      3 scaling as a `rope_freqs` tensor of
-                                      per-frequency divisors, f32 tensors, a
-                                      byte-level BPE vocabulary with one merge;
+                                      of the Llama permuted for interleaved
+                                      RoPE, its Llama 3 scaling as a
+                                      `rope_freqs` tensor of per-frequency
+                                      divisors, the Qwen2's matrices in bf16,
+                                      a byte-level BPE vocabulary with one
+                                      merge;
                                       llama.cpp's logits on it are checked
                                       against transformers' before anything
                                       is written (so the file is what
@@ -114,20 +116,25 @@ def llama3_rope_factors(cfg):
     return np.array(factors, dtype=np.float32)
 
 
-def write_llama_gguf(path, model, cfg):
-    w = gguf.GGUFWriter(path, "llama")
-    w.add_name("tiny-random-llama")
+def write_gguf(path, arch, model, cfg):
+    """The model as llama.cpp's convert_hf_to_gguf.py writes it: Llama's
+    q/k rows permuted and its RoPE scaling as `rope_freqs`; 2-D weights in
+    the checkpoint's dtype (bf16 stays bf16), 1-D ones in f32."""
+    w = gguf.GGUFWriter(path, arch)
+    w.add_name(f"tiny-random-{arch}")
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)
     w.add_block_count(cfg.num_hidden_layers)
     w.add_feed_forward_length(cfg.intermediate_size)
     w.add_head_count(cfg.num_attention_heads)
     w.add_head_count_kv(cfg.num_key_value_heads)
-    w.add_key_length(cfg.head_dim)
-    w.add_value_length(cfg.head_dim)
-    w.add_rope_dimension_count(cfg.head_dim)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_rope_dimension_count(head_dim)
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_BF16 if model.dtype == torch.bfloat16 else gguf.LlamaFileType.ALL_F32)
     w.add_vocab_size(cfg.vocab_size)
     # GPT-2's byte characters, the ChatML specials, one merge, then
     # reserved control tokens up to the model's vocabulary.
@@ -140,7 +147,7 @@ def write_llama_gguf(path, model, cfg):
         tokens.append(f"<|reserved_{len(tokens)}|>")
         types.append(gguf.TokenType.CONTROL)
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("llama-bpe")
+    w.add_tokenizer_pre("llama-bpe" if arch == "llama" else "qwen2")
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(["Ġ t"])
@@ -148,12 +155,21 @@ def write_llama_gguf(path, model, cfg):
     w.add_eos_token_id(257)
     w.add_chat_template(CHAT_TEMPLATE)
 
-    sd = {k: v.detach().to(torch.float32).numpy() for k, v in model.state_dict().items()}
+    sd = {k: v.detach() for k, v in model.state_dict().items()}
     heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
-    w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
-    w.add_tensor("output_norm.weight", sd["model.norm.weight"])
-    w.add_tensor("output.weight", sd["lm_head.weight"])
-    w.add_tensor("rope_freqs.weight", llama3_rope_factors(cfg))
+
+    def add(name, t):
+        if t.dim() == 2 and t.dtype == torch.bfloat16:
+            bits = t.contiguous().view(torch.int16).numpy().view(np.uint16)
+            w.add_tensor(name, bits, raw_shape=bits.shape, raw_dtype=gguf.GGMLQuantizationType.BF16)
+        else:
+            w.add_tensor(name, np.ascontiguousarray(t.to(torch.float32).numpy()))
+
+    add("token_embd.weight", sd["model.embed_tokens.weight"])
+    add("output_norm.weight", sd["model.norm.weight"])
+    add("output.weight", sd["lm_head.weight"])
+    if arch == "llama":
+        w.add_tensor("rope_freqs.weight", llama3_rope_factors(cfg))
     names = {
         "input_layernorm": "attn_norm",
         "post_attention_layernorm": "ffn_norm",
@@ -172,11 +188,11 @@ def write_llama_gguf(path, model, cfg):
                 if key not in sd:
                     continue
                 t = sd[key]
-                if hf == "self_attn.q_proj":
+                if arch == "llama" and hf == "self_attn.q_proj":
                     t = llama_cpp_permute(t, heads)
-                elif hf == "self_attn.k_proj":
+                elif arch == "llama" and hf == "self_attn.k_proj":
                     t = llama_cpp_permute(t, kv_heads)
-                w.add_tensor(f"blk.{i}.{gg}.{kind}", np.ascontiguousarray(t))
+                add(f"blk.{i}.{gg}.{kind}", t)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -270,15 +286,21 @@ def build(name, config, cls, dtype, seed, weight_std):
     )
     spread = statistics(model, sequences["long"])
     print(f"{name}: logits std {spread:.2f}")
-    if name == "llama":
-        path = os.path.join(OUT, "llama.gguf")
-        write_llama_gguf(path, model, config)
-        for ids in sequences.values():
-            with torch.no_grad():
-                want = model(torch.tensor([ids])).logits[0]
-            diff = float((llama_cpp_logits(path, ids, config.vocab_size) - want).abs().max())
-            print(f"llama.gguf: llama.cpp vs transformers, {len(ids)} tokens: max |diff| {diff:.2e}")
-            assert diff < 1e-3, diff
+    path = os.path.join(OUT, f"{name}.gguf")
+    write_gguf(path, name, cls.from_pretrained(out, dtype=dtype).eval(), config)
+    if dtype != torch.float32:
+        # llama.cpp rounds activations to bf16 for bf16 weights (0.08 off
+        # here), so the layout is checked on an f32 twin of the same values.
+        path = os.path.join(OUT, f"{name}.f32-check.gguf")
+        write_gguf(path, name, model, config)
+    for ids in sequences.values():
+        with torch.no_grad():
+            want = model(torch.tensor([ids])).logits[0]
+        diff = float((llama_cpp_logits(path, ids, config.vocab_size) - want).abs().max())
+        print(f"{name}.gguf: llama.cpp vs transformers, {len(ids)} tokens: max |diff| {diff:.2e}")
+        assert diff < 1e-3, diff
+    if path.endswith(".f32-check.gguf"):
+        os.remove(path)
     return record
 
 
