@@ -20,6 +20,8 @@ use rlt_engine::load::{LoadedModel, WeightMode, load_model, load_trainable};
 use rlt_engine::logprobs::token_logprobs;
 use rlt_engine::model::{Architecture, Model};
 
+use common::{Position, logsumexp};
+
 /// Tighter than the 1e-3 the engine promises: on these small models every
 /// path agrees with transformers to ~3e-5, so 2e-4 still catches small
 /// slips (RoPE frequencies rounded to bf16 moved logits by 4e-5 to 0.15).
@@ -41,16 +43,6 @@ struct Sequence {
 }
 
 #[derive(serde::Deserialize)]
-struct Position {
-    argmax: usize,
-    max: f32,
-    logsumexp: f32,
-    probe: Vec<f32>,
-    next_logprob: Option<f32>,
-    next_logprob_t07: Option<f32>,
-}
-
-#[derive(serde::Deserialize)]
 struct Tokenized {
     text: String,
     ids: Vec<u32>,
@@ -64,11 +56,6 @@ fn reference(name: &str) -> Reference {
     let text = std::fs::read_to_string(tiny("reference.json")).unwrap();
     let mut all: std::collections::HashMap<String, Reference> = serde_json::from_str(&text).unwrap();
     all.remove(name).unwrap()
-}
-
-fn logsumexp(row: &[f32]) -> f32 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    max + row.iter().map(|x| ((x - max) as f64).exp()).sum::<f64>().ln() as f32
 }
 
 fn close(a: f32, b: f32, what: &str) {

@@ -7,6 +7,8 @@ mod common;
 use candle_core::{Device, Tensor};
 use rlt_engine::logprobs::token_logprobs;
 
+use common::{Position, logsumexp};
+
 const TOL: f32 = 1e-3;
 
 #[derive(serde::Deserialize)]
@@ -24,16 +26,6 @@ struct Sequence {
     slices: std::collections::HashMap<String, Vec<f32>>,
 }
 
-#[derive(serde::Deserialize)]
-struct Position {
-    argmax: usize,
-    max: f32,
-    logsumexp: f32,
-    probe: Vec<f32>,
-    next_logprob: Option<f32>,
-    next_logprob_t07: Option<f32>,
-}
-
 fn fixture() -> Fixture {
     let text = std::fs::read_to_string(common::fixture("smollm2_logits_reference.json")).unwrap();
     serde_json::from_str(&text).unwrap()
@@ -43,11 +35,6 @@ fn logits_of(ids: &[u32]) -> Vec<Vec<f32>> {
     let m = &common::f32_model().model;
     let input = Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
     m.forward(&input, &[0]).unwrap().squeeze(0).unwrap().to_vec2().unwrap()
-}
-
-fn logsumexp(row: &[f32]) -> f32 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    max + row.iter().map(|x| ((x - max) as f64).exp()).sum::<f64>().ln() as f32
 }
 
 fn close(a: f32, b: f32, what: &str) {

@@ -37,3 +37,24 @@ pub fn q8_model() -> &'static LoadedModel {
     static M: OnceLock<LoadedModel> = OnceLock::new();
     M.get_or_init(|| load_model(&model_path(), WeightMode::Quantized, &Device::Cpu).expect("load q8_0"))
 }
+
+/// One position of a logits fixture made by transformers
+/// (scripts/reference/make_fixtures.py, make_tiny_models.py).
+#[derive(serde::Deserialize)]
+pub struct Position {
+    pub argmax: usize,
+    pub max: f32,
+    pub logsumexp: f32,
+    /// The logits of the fixture's probe ids.
+    pub probe: Vec<f32>,
+    /// The log-prob of the next token at τ = 1 and τ = 0.7 (absent at the
+    /// last position).
+    pub next_logprob: Option<f32>,
+    pub next_logprob_t07: Option<f32>,
+}
+
+/// `log Σ exp(row)`, accumulated in f64.
+pub fn logsumexp(row: &[f32]) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    max + row.iter().map(|x| ((x - max) as f64).exp()).sum::<f64>().ln() as f32
+}
