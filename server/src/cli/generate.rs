@@ -63,12 +63,17 @@ pub struct GenerateArgs {
     /// Completions to sample.
     #[arg(short, long, default_value_t = 1)]
     n: usize,
-    #[arg(long, default_value_t = 0.7)]
+    /// Sampling temperature (0 = greedy). A negative value reaches the
+    /// engine's validation, which names the problem.
+    #[arg(long, default_value_t = 0.7, allow_negative_numbers = true)]
     temperature: f64,
-    #[arg(long, default_value_t = 1.0)]
+    /// Nucleus sampling: keep the most likely tokens up to this mass (1 = all).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     top_p: f64,
+    /// Most tokens to generate per completion.
     #[arg(long, default_value_t = 256)]
     max_new_tokens: usize,
+    /// The same seed gives the same completions.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Stop when this text appears (repeatable).
@@ -146,7 +151,7 @@ pub struct LogprobsArgs {
     #[arg(long, value_delimiter = ',')]
     ids: Vec<u32>,
     /// Temperature τ: log-probs are log_softmax(logits / τ).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     temperature: f64,
 }
 
