@@ -14,6 +14,10 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::{Error, Result};
 use crate::model::{Architecture, Config};
 
+/// llama.cpp's per-frequency RoPE divisors (how its converter stores Llama
+/// 3's scaling).
+const ROPE_FREQS: &str = "rope_freqs.weight";
+
 /// Quantized matrices and dense small tensors, both under Hugging Face names.
 pub type QuantizedTensors = (HashMap<String, Arc<QTensor>>, HashMap<String, Tensor>);
 
@@ -91,13 +95,7 @@ impl GgufFile {
             .ok_or_else(|| Error::metadata("token_embd.weight", "tensor missing"))?;
         // GGUF lists dims innermost first: [hidden, vocab].
         let vocab_size = *embed.shape.dims().first().ok_or_else(|| Error::metadata("token_embd.weight", "no dims"))?;
-        // llama.cpp applies these scalings at run time from metadata; the
-        // decoder implements none of them, so running on would be wrong.
-        if let Ok(kind) = self.get_str(&key("rope.scaling.type"))
-            && kind != "none"
-        {
-            return Err(Error::metadata(key("rope.scaling.type"), format!("RoPE scaling `{kind}` is not supported")));
-        }
+        self.check_rope_scaling(a)?;
         if let Ok(dims) = self.get_usize(&key("rope.dimension_count"))
             && dims != head_dim
         {
@@ -106,11 +104,15 @@ impl GgufFile {
                 format!("RoPE on {dims} of {head_dim} head dimensions is not supported"),
             ));
         }
-        let rope_freq_factors = if self.content.tensor_infos.contains_key("rope_freqs.weight") {
-            let t = self.read_tensor("rope_freqs.weight", &Device::Cpu)?.dequantize(&Device::Cpu)?;
-            Some(t.flatten_all()?.to_vec1::<f32>()?)
-        } else {
-            None
+        // llama.cpp's Llama divides its RoPE frequencies by these (Llama 3
+        // scaling); its Qwen2 ignores them.
+        let rope_freq_factors = match self.content.tensor_infos.contains_key(ROPE_FREQS) {
+            true if arch == Architecture::Llama => {
+                let t = self.read_tensor(ROPE_FREQS, &Device::Cpu)?;
+                let values = t.dequantize(&Device::Cpu).and_then(|t| t.flatten_all()?.to_vec1::<f32>());
+                Some(values.map_err(|e| Error::metadata(ROPE_FREQS, crate::error::candle_reason(&e)))?)
+            }
+            _ => None,
         };
         let cfg = Config {
             architecture: arch,
@@ -131,7 +133,47 @@ impl GgufFile {
             rope_freq_factors,
         };
         cfg.validate()?;
+        self.check_all_tensors_used(&cfg)?;
         Ok(cfg)
+    }
+
+    /// Refuses the RoPE scalings llama.cpp applies from metadata, which the
+    /// decoder does not implement. Like llama.cpp, a file with a factor and
+    /// no type means linear scaling, and a factor of 0 or 1 means none.
+    fn check_rope_scaling(&self, arch: &str) -> Result<()> {
+        let type_key = format!("{arch}.rope.scaling.type");
+        let kind = match self.content.metadata.get(&type_key) {
+            None => None,
+            Some(Value::String(s)) => Some(s.as_str()),
+            Some(other) => return Err(Error::metadata(type_key, format!("not a string: {other:?}"))),
+        };
+        let factor = [format!("{arch}.rope.scaling.factor"), format!("{arch}.rope.scale_linear")]
+            .iter()
+            .find_map(|k| self.get_f64(k).ok().map(|f| (k.clone(), f)));
+        match (kind, factor) {
+            (Some("none") | Some("linear") | None, None) | (Some("none"), Some(_)) => Ok(()),
+            (Some("linear") | None, Some((_, f))) if f == 0.0 || f == 1.0 => Ok(()),
+            (Some("linear") | None, Some((k, f))) => {
+                Err(Error::metadata(k, format!("linear RoPE scaling by {f} is not supported")))
+            }
+            (Some(other), _) => Err(Error::metadata(type_key, format!("RoPE scaling `{other}` is not supported"))),
+        }
+    }
+
+    /// Refuses tensors the decoder would not read (biases llama.cpp applies
+    /// where present, say), so a file is never run without part of itself.
+    fn check_all_tensors_used(&self, cfg: &Config) -> Result<()> {
+        let used: std::collections::HashSet<String> = self.tensor_names(cfg).into_iter().map(|(g, _)| g).collect();
+        let mut unused: Vec<&String> =
+            self.content.tensor_infos.keys().filter(|n| !used.contains(*n) && n.as_str() != ROPE_FREQS).collect();
+        unused.sort();
+        match unused.first() {
+            None => Ok(()),
+            Some(first) => Err(Error::metadata(
+                first.as_str(),
+                format!("tensor not supported by the decoder ({} unsupported tensors in all)", unused.len()),
+            )),
+        }
     }
 
     fn read_tensor(&mut self, name: &str, device: &Device) -> Result<QTensor> {

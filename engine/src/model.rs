@@ -130,6 +130,13 @@ struct HfConfig {
     mlp_bias: Option<bool>,
     #[serde(default)]
     use_sliding_window: Option<bool>,
+    #[serde(default)]
+    sliding_window: Option<usize>,
+    #[serde(default)]
+    max_window_layers: Option<usize>,
+    /// transformers 5: `full_attention` or `sliding_attention` per layer.
+    #[serde(default)]
+    layer_types: Option<Vec<String>>,
 }
 
 fn default_rms_eps() -> f64 {
@@ -140,6 +147,48 @@ fn default_rope_theta() -> f64 {
 }
 fn default_max_pos() -> usize {
     4096
+}
+
+/// The RoPE settings of a config, and the key they came from. transformers
+/// 4 writes `rope_theta` and `rope_scaling` at the top level, transformers 5
+/// both inside `rope_parameters`; like transformers 5, a legacy
+/// `rope_scaling` wins when both are there (a user adding YaRN to a saved
+/// config, as Qwen2.5's model card says, writes `rope_scaling`).
+fn hf_rope(hf: &HfConfig) -> Result<(&'static str, Option<&serde_json::Value>)> {
+    if let Some(v) = hf.rope_scaling.as_ref().filter(|v| !v.is_null()) {
+        return Ok(("rope_scaling", Some(v)));
+    }
+    match &hf.rope_parameters {
+        Some(v @ serde_json::Value::Object(map)) => {
+            // Per layer type, for models that mix attention kinds.
+            if map.contains_key("sliding_attention") {
+                return Err(Error::metadata(
+                    "config.json rope_parameters",
+                    "RoPE settings per layer type (sliding attention) are not supported",
+                ));
+            }
+            Ok(("rope_parameters", Some(map.get("full_attention").unwrap_or(v))))
+        }
+        _ => Ok(("rope_scaling", None)),
+    }
+}
+
+/// Whether any layer of a Qwen2 config attends through a sliding window
+/// narrower than the context, as transformers decides it.
+fn hf_slides(hf: &HfConfig) -> bool {
+    let window = match (hf.use_sliding_window, hf.sliding_window) {
+        // transformers 5 keeps the window only when it is used.
+        (Some(false), _) | (_, None) => return false,
+        (_, Some(w)) => w,
+    };
+    if window >= hf.max_position_embeddings {
+        return false;
+    }
+    match &hf.layer_types {
+        Some(types) => types.iter().any(|t| t != "full_attention"),
+        // transformers 4: layers from max_window_layers on slide.
+        None => hf.use_sliding_window == Some(true) && hf.num_hidden_layers > hf.max_window_layers.unwrap_or(28),
+    }
 }
 
 impl Config {
@@ -156,18 +205,17 @@ impl Config {
         if let Some(act) = hf.hidden_act.as_deref().filter(|a| !matches!(*a, "silu" | "swish")) {
             return unsupported("hidden_act", format!("activation `{act}` is not supported (only silu)"));
         }
-        if hf.mlp_bias == Some(true) {
+        // Only transformers' Llama reads `mlp_bias`, only its Qwen2 slides.
+        if architecture == Architecture::Llama && hf.mlp_bias == Some(true) {
             return unsupported("mlp_bias", "MLP biases are not supported".into());
         }
-        if hf.use_sliding_window == Some(true) {
-            return unsupported("use_sliding_window", "sliding-window attention is not supported".into());
+        if architecture == Architecture::Qwen2 && hf_slides(&hf) {
+            return unsupported(
+                "use_sliding_window",
+                "sliding-window attention (layer_types with sliding_attention) is not supported".into(),
+            );
         }
-        // transformers 4: `rope_theta` and `rope_scaling` at the top level;
-        // transformers 5: both inside `rope_parameters`.
-        let (rope_key, rope) = match &hf.rope_parameters {
-            Some(v @ serde_json::Value::Object(_)) => ("rope_parameters", Some(v)),
-            _ => ("rope_scaling", hf.rope_scaling.as_ref().filter(|v| !v.is_null())),
-        };
+        let (rope_key, rope) = hf_rope(&hf)?;
         let rope_theta = rope.and_then(|v| v.get("rope_theta")).and_then(|t| t.as_f64()).unwrap_or(hf.rope_theta);
         let rope_scaling = match rope {
             None => None,
@@ -225,14 +273,33 @@ impl Config {
         if self.vocab_size == 0 || self.hidden_size == 0 || self.num_hidden_layers == 0 {
             return bad("empty model dimensions".into());
         }
-        if let Some(f) = &self.rope_freq_factors
-            && (f.len() != self.head_dim / 2 || f.iter().any(|x| !(x.is_finite() && *x > 0.0)))
-        {
-            return bad(format!(
-                "rope_freqs holds {} values, {} positive ones expected (head_dim / 2)",
-                f.len(),
-                self.head_dim / 2
-            ));
+        if let Some(f) = &self.rope_freq_factors {
+            let rope_freqs = |reason: String| Err(Error::metadata("rope_freqs.weight", reason));
+            if f.len() != self.head_dim / 2 {
+                return rope_freqs(format!("{} values, head_dim / 2 = {} expected", f.len(), self.head_dim / 2));
+            }
+            if let Some(x) = f.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
+                return rope_freqs(format!("divisor {x} is not a positive number"));
+            }
+            if self.rope_scaling.is_some() {
+                return rope_freqs("given together with rope_scaling (the frequencies would be scaled twice)".into());
+            }
+        }
+        if let Some(s) = &self.rope_scaling {
+            let ok = s.factor.is_finite()
+                && s.factor > 0.0
+                && s.low_freq_factor > 0.0
+                && s.high_freq_factor > s.low_freq_factor
+                && s.original_max_position_embeddings > 0;
+            if !ok {
+                return Err(Error::metadata(
+                    "rope_scaling",
+                    format!(
+                        "llama3 scaling needs factor > 0 and 0 < low_freq_factor < high_freq_factor, got {} / {} / {}",
+                        s.factor, s.low_freq_factor, s.high_freq_factor
+                    ),
+                ));
+            }
         }
         Ok(())
     }

@@ -14,6 +14,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use rlt_engine::chat_template::{Ending, Message};
 use rlt_engine::load::{LoadedModel, WeightMode, load_model, load_trainable};
@@ -183,35 +185,82 @@ fn qwen2_bf16_gguf_matches_transformers() {
     assert!(lm.config.attention_bias && !lm.config.output_bias);
 }
 
-#[test]
-fn gguf_rope_settings_the_decoder_cannot_run_are_refused() {
-    use candle_core::quantized::gguf_file::{self, Value};
-    let path = tiny("llama.gguf");
-    let mut file = std::fs::File::open(&path).unwrap();
+/// A copy of the tiny Llama GGUF with metadata keys set (or removed, for
+/// `None`) and tensors replaced or added (or removed, for `None`).
+fn edited_gguf(tag: &str, keys: &[(&str, Option<Value>)], tensors: &[(&str, Option<QTensor>)]) -> PathBuf {
+    let mut file = std::fs::File::open(tiny("llama.gguf")).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
-    let tensors: Vec<(String, candle_core::quantized::QTensor)> = content
+    let mut all: Vec<(String, QTensor)> = content
         .tensor_infos
         .keys()
         .map(|name| (name.clone(), content.tensor(&mut file, name, &Device::Cpu).unwrap()))
         .collect();
-    for (key, value, expected) in [
-        ("llama.rope.scaling.type", Value::String("yarn".into()), "yarn"),
-        ("llama.rope.dimension_count", Value::U32(16), "RoPE on 16 of 24"),
-    ] {
-        let mut metadata: Vec<(&str, &Value)> =
-            content.metadata.iter().filter(|(k, _)| k.as_str() != key).map(|(k, v)| (k.as_str(), v)).collect();
-        metadata.push((key, &value));
-        let out = std::env::temp_dir().join(format!("rlt-tiny-{}-{}.gguf", std::process::id(), key));
-        let mut w = std::fs::File::create(&out).unwrap();
-        let refs: Vec<(&str, &candle_core::quantized::QTensor)> =
-            tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        gguf_file::write(&mut w, &metadata, &refs).unwrap();
-        drop(w);
-        match load_model(&out, WeightMode::F32, &Device::Cpu) {
-            Ok(_) => panic!("{key} = {value:?} loaded"),
-            Err(e) => assert!(e.to_string().contains(expected) && e.to_string().contains(key), "{key}: {e}"),
+    let mut metadata = content.metadata.clone();
+    for (k, v) in keys {
+        match v {
+            Some(v) => metadata.insert(k.to_string(), v.clone()),
+            None => metadata.remove(*k),
+        };
+    }
+    for (name, t) in tensors {
+        all.retain(|(n, _)| n != name);
+        if let Some(t) = t {
+            let data = t.dequantize(&Device::Cpu).unwrap();
+            all.push((name.to_string(), QTensor::quantize(&data, t.dtype()).unwrap()));
         }
-        std::fs::remove_file(&out).unwrap();
+    }
+    let out = std::env::temp_dir().join(format!("rlt-tiny-{}-{tag}.gguf", std::process::id()));
+    let mut w = std::fs::File::create(&out).unwrap();
+    let meta: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let refs: Vec<(&str, &QTensor)> = all.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    gguf_file::write(&mut w, &meta, &refs).unwrap();
+    out
+}
+
+fn f32_tensor(values: &[f32]) -> Option<QTensor> {
+    let t = Tensor::new(values, &Device::Cpu).unwrap();
+    Some(QTensor::quantize(&t, GgmlDType::F32).unwrap())
+}
+
+#[test]
+fn gguf_settings_the_decoder_cannot_run_are_refused() {
+    let factor = |k: &str, f: f32| (k.to_string(), Some(Value::F32(f)));
+    let kind = |s: &str| ("llama.rope.scaling.type".to_string(), Some(Value::String(s.into())));
+    // (case, metadata, tensors, key named in the error, or None if it loads)
+    type Case<'a> = (&'a str, Vec<(String, Option<Value>)>, Vec<(&'a str, Option<QTensor>)>, Option<&'a str>);
+    let cases: Vec<Case> = vec![
+        ("yarn", vec![kind("yarn")], vec![], Some("llama.rope.scaling.type")),
+        (
+            "linear",
+            vec![kind("linear"), factor("llama.rope.scaling.factor", 2.0)],
+            vec![],
+            Some("llama.rope.scaling.factor"),
+        ),
+        // llama.cpp: a factor without a type is linear scaling.
+        ("untyped", vec![factor("llama.rope.scale_linear", 4.0)], vec![], Some("llama.rope.scale_linear")),
+        ("none", vec![kind("none"), factor("llama.rope.scaling.factor", 2.0)], vec![], None),
+        ("unit", vec![kind("linear"), factor("llama.rope.scaling.factor", 1.0)], vec![], None),
+        (
+            "rot",
+            vec![("llama.rope.dimension_count".into(), Some(Value::U32(16)))],
+            vec![],
+            Some("llama.rope.dimension_count"),
+        ),
+        ("short_freqs", vec![], vec![("rope_freqs.weight", f32_tensor(&[1.0; 5]))], Some("rope_freqs.weight")),
+        ("zero_freq", vec![], vec![("rope_freqs.weight", f32_tensor(&[0.0; 12]))], Some("rope_freqs.weight")),
+        // A bias llama.cpp would add and the decoder would not.
+        ("mlp_bias", vec![], vec![("blk.1.ffn_up.bias", f32_tensor(&[0.5; 160]))], Some("blk.1.ffn_up.bias")),
+    ];
+    for (tag, keys, tensors, refused) in cases {
+        let keys: Vec<(&str, Option<Value>)> = keys.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let path = edited_gguf(tag, &keys, &tensors);
+        match (load_model(&path, WeightMode::F32, &Device::Cpu), refused) {
+            (Ok(_), None) => {}
+            (Ok(_), Some(key)) => panic!("{tag}: loaded, expected an error naming {key}"),
+            (Err(e), None) => panic!("{tag}: {e}"),
+            (Err(e), Some(key)) => assert!(e.to_string().contains(&format!("`{key}`")), "{tag}: {e}"),
+        }
+        std::fs::remove_file(&path).unwrap();
     }
 }
 
@@ -257,17 +306,64 @@ fn transformers_4_configs_give_the_same_model() {
 #[test]
 fn configs_the_decoder_cannot_run_are_refused() {
     type Edit = fn(&mut serde_json::Value);
-    let cases: [(&str, &str, Edit); 4] = [
-        ("llama", "mlp_bias", |c| c["mlp_bias"] = true.into()),
-        ("llama", "hidden_act", |c| c["hidden_act"] = "gelu".into()),
-        ("qwen2", "sliding", |c| c["use_sliding_window"] = true.into()),
-        ("llama", "yarn", |c| c["rope_parameters"]["rope_type"] = "yarn".into()),
+    // (model, edit, key named in the error, or None if it still loads)
+    let cases: [(&str, Edit, Option<&str>); 9] = [
+        ("llama", |c| c["mlp_bias"] = true.into(), Some("mlp_bias")),
+        ("llama", |c| c["hidden_act"] = "gelu".into(), Some("hidden_act")),
+        ("llama", |c| c["rope_parameters"]["rope_type"] = "yarn".into(), Some("rope_parameters")),
+        // A legacy rope_scaling wins over rope_parameters, as in transformers 5.
+        ("llama", |c| c["rope_scaling"] = serde_json::json!({"type": "yarn", "factor": 4.0}), Some("rope_scaling")),
+        ("llama", |c| c["rope_parameters"]["high_freq_factor"] = 1.0.into(), Some("rope_scaling")),
+        (
+            "qwen2",
+            |c| {
+                c["use_sliding_window"] = true.into();
+                c["sliding_window"] = 64.into();
+                c["layer_types"] = serde_json::json!(["full_attention", "sliding_attention"]);
+            },
+            Some("use_sliding_window"),
+        ),
+        // transformers 4: layers from max_window_layers on slide.
+        (
+            "qwen2",
+            |c| {
+                c.as_object_mut().unwrap().remove("layer_types");
+                c["use_sliding_window"] = true.into();
+                c["sliding_window"] = 64.into();
+                c["max_window_layers"] = 1.into();
+            },
+            Some("use_sliding_window"),
+        ),
+        // A window as wide as the context changes nothing.
+        (
+            "qwen2",
+            |c| {
+                c["use_sliding_window"] = true.into();
+                c["sliding_window"] = 4096.into();
+                c["layer_types"] = serde_json::json!(["sliding_attention", "sliding_attention"]);
+            },
+            None,
+        ),
+        // transformers' Qwen2 ignores mlp_bias.
+        ("qwen2", |c| c["mlp_bias"] = true.into(), None),
     ];
-    for (name, what, edit) in cases {
+    for (i, (name, edit, refused)) in cases.into_iter().enumerate() {
         let dir = with_config(name, edit);
-        match load_model(&dir, WeightMode::F32, &Device::Cpu) {
-            Ok(_) => panic!("{name} with {what} loaded"),
-            Err(e) => assert!(e.to_string().contains(what), "{what}: {e}"),
+        match (load_model(&dir, WeightMode::F32, &Device::Cpu), refused) {
+            (Ok(lm), None) => {
+                let fx = reference(name);
+                let seq = &fx.sequences[0];
+                check_logits(&full_logits(&lm.model, &seq.ids), &fx, seq, &format!("case {i}"));
+            }
+            (Ok(_), Some(key)) => panic!("case {i} ({name}) loaded, expected an error naming {key}"),
+            (Err(e), None) => panic!("case {i} ({name}): {e}"),
+            (Err(e), Some(key)) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains(&format!("`config.json {key}`")) || msg.contains(&format!("`{key}`")),
+                    "case {i}: {msg}"
+                );
+            }
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }

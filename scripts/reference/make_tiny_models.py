@@ -19,8 +19,9 @@ writes two small models with random weights, saved by transformers'
                                       attention_bias (q/k/v *and* o biases in
                                       transformers' Llama), untied lm_head
   tests/fixtures/tiny_models/{qwen2,llama}.gguf
-                                      the same models as llama.cpp's converter
-                                      would write it: q/k rows (and biases)
+                                      the same models in the layout llama.cpp
+                                      reads (its converter's tensor names):
+                                      q/k rows (and biases)
                                       of the Llama permuted for interleaved
                                       RoPE, its Llama 3 scaling as a
                                       `rope_freqs` tensor of per-frequency
@@ -97,7 +98,10 @@ def llama_cpp_permute(w, heads):
 
 
 def llama3_rope_factors(cfg):
-    """convert_hf_to_gguf.py's per-frequency divisors for Llama 3 scaling."""
+    """Per-frequency divisors for Llama 3 scaling, as convert_hf_to_gguf.py
+    computes them (here from the scaling's own original context; the
+    converter of some llama.cpp versions reads it from the config's top
+    level, the same value for released Llama 3.x checkpoints)."""
     rope = cfg.rope_parameters
     base, dim = rope["rope_theta"], cfg.head_dim
     factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
@@ -117,7 +121,8 @@ def llama3_rope_factors(cfg):
 
 
 def write_gguf(path, arch, model, cfg):
-    """The model as llama.cpp's convert_hf_to_gguf.py writes it: Llama's
+    """The model in the layout llama.cpp reads, with convert_hf_to_gguf.py's
+    tensor names and transformations: Llama's
     q/k rows permuted and its RoPE scaling as `rope_freqs`; 2-D weights in
     the checkpoint's dtype (bf16 stays bf16), 1-D ones in f32."""
     w = gguf.GGUFWriter(path, arch)

@@ -63,8 +63,9 @@ pub struct GenerateArgs {
     /// Completions to sample.
     #[arg(short, long, default_value_t = 1)]
     n: usize,
-    /// Sampling temperature (0 = greedy). A negative value reaches the
-    /// engine's validation, which names the problem.
+    /// Sampling temperature (0 = greedy).
+    // Negative numbers are taken as values so that the engine's validation,
+    // not clap's "unexpected argument", says what is wrong.
     #[arg(long, default_value_t = 0.7, allow_negative_numbers = true)]
     temperature: f64,
     /// Nucleus sampling: keep the most likely tokens up to this mass (1 = all).
