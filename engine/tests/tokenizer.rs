@@ -58,6 +58,47 @@ fn reproduces_llama_cpp_on_random_texts() {
     assert!(wrong.is_empty(), "{} of 600 differ from llama.cpp, e.g. {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
 }
 
+#[derive(serde::Deserialize)]
+struct PreCase {
+    pre: String,
+    text: String,
+    ids: Vec<u32>,
+}
+
+/// Qwen2's and Llama 3's pre-tokenizers (the regexes a Qwen2.5 or Llama 3
+/// GGUF names) against llama.cpp's own: one trained byte-level BPE whose
+/// merges only apply where both split alike, 300 random texts each
+/// (`scripts/reference/make_pretokenizer_fixtures.py`).
+#[test]
+fn qwen2_and_llama3_pre_tokenizers_reproduce_llama_cpp() {
+    let text = std::fs::read_to_string(common::fixture("pretokenizer_cases.jsonl")).unwrap();
+    let cases: Vec<PreCase> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for pre in ["qwen2", "llama-bpe"] {
+        let gguf = GgufFile::open(&common::fixture(&format!("tokenizer_{pre}.gguf"))).unwrap();
+        let tok = Tokenizer::from_gguf(&gguf).unwrap();
+        let mine: Vec<&PreCase> = cases.iter().filter(|c| c.pre == pre).collect();
+        assert_eq!(mine.len(), 300);
+        let wrong: Vec<&str> = mine
+            .iter()
+            .filter(|c| tok.encode(&c.text).unwrap() != c.ids || tok.decode(&c.ids).unwrap() != c.text)
+            .map(|c| c.text.as_str())
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "{pre}: {} of 300 differ from llama.cpp, e.g. {:?}",
+            wrong.len(),
+            &wrong[..wrong.len().min(5)]
+        );
+    }
+    // The two really split differently: digits one by one against runs of
+    // up to three.
+    let ids = |pre: &str| {
+        let gguf = GgufFile::open(&common::fixture(&format!("tokenizer_{pre}.gguf"))).unwrap();
+        Tokenizer::from_gguf(&gguf).unwrap().encode("x = 123456").unwrap()
+    };
+    assert!(ids("qwen2").len() > ids("llama-bpe").len());
+}
+
 #[test]
 fn chat_tokens_are_single_ids_and_rlt_tags_are_text() {
     let tok = tokenizer();
