@@ -179,7 +179,6 @@ pub(crate) enum Embedding {
     LmHead,
 }
 
-#[derive(Debug)]
 pub(crate) struct CpuModel {
     pub layers: Vec<CpuLayer>,
     pub norm: Vec<f32>,
@@ -197,10 +196,26 @@ pub(crate) struct CpuModel {
     pub vocab: usize,
 }
 
+// Dimensions only: the weights and RoPE tables are megabytes.
+impl std::fmt::Debug for CpuModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CpuModel")
+            .field("layers", &self.layers.len())
+            .field("hidden", &self.hidden)
+            .field("inter", &self.inter)
+            .field("heads", &self.heads)
+            .field("kv_heads", &self.kv_heads)
+            .field("head_dim", &self.head_dim)
+            .field("vocab", &self.vocab)
+            .field("lm_head", &self.lm_head)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Keys and values of one layer on the host, `[rows, kv_heads, cap, d]`,
 /// for the positions from `prefix.len` on; the positions before are the
 /// shared `prefix` (see [`HostKv::select_rows`]).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct HostKv {
     k: Vec<f32>,
     v: Vec<f32>,
@@ -219,6 +234,18 @@ struct Prefix {
     k: Vec<f32>,
     v: Vec<f32>,
     len: usize,
+}
+
+impl std::fmt::Debug for HostKv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostKv")
+            .field("rows", &self.rows)
+            .field("kv_heads", &self.kv_heads)
+            .field("cap", &self.cap)
+            .field("d", &self.d)
+            .field("shared", &self.shared())
+            .finish()
+    }
 }
 
 impl HostKv {

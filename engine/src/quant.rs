@@ -359,7 +359,6 @@ impl Format for Q8 {
 /// docs), panel-major: panel `p`'s blocks are one contiguous stream. The
 /// last panel is zero-padded past row `n`.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // fields only the x86-64 kernels read
-#[derive(Debug)]
 pub(crate) struct PanelMatrix<F> {
     n: usize,
     k: usize,
@@ -370,6 +369,19 @@ pub(crate) struct PanelMatrix<F> {
     vectors: usize,
     data: Vec<u8>,
     format: std::marker::PhantomData<fn() -> F>,
+}
+
+// Shape only, not the megabytes of blocks.
+impl<F> std::fmt::Debug for PanelMatrix<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PanelMatrix<{}>[{}, {}]",
+            std::any::type_name::<F>().rsplit("::").next().unwrap_or("?"),
+            self.n,
+            self.k
+        )
+    }
 }
 
 /// GGUF Q4_1 weights; the values are exactly the file's.

@@ -101,11 +101,19 @@ fn kernels() -> Kernels {
 }
 
 /// A growable f32 buffer whose contents start on a 64-byte boundary.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct AlignedBuf {
     raw: Vec<f32>,
     off: usize,
     len: usize,
+}
+
+// Sizes only: a loaded model's Debug output (in a panic message, say) would
+// otherwise print every weight.
+impl std::fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AlignedBuf({} floats)", self.len)
+    }
 }
 
 impl AlignedBuf {

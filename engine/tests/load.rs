@@ -32,6 +32,21 @@ fn records_sha256_architecture_and_config() {
 }
 
 #[test]
+fn debug_output_summarises_instead_of_printing_weights() {
+    // A model in a panic message or a debug log must not print 500 MB of
+    // weights (it did: the packed matrices and RoPE tables were derived).
+    for lm in [common::f32_model(), common::q8_model()] {
+        let text = format!("{lm:?}");
+        assert!(text.len() < 20_000, "{} bytes of Debug output", text.len());
+        assert!(text.contains("hidden: 576"), "{}", &text[..text.len().min(400)]);
+        let mut cache = lm.model.new_cache(vec![0]);
+        let ids = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap();
+        lm.model.forward_cached(&ids, &mut cache).unwrap();
+        assert!(format!("{cache:?}").len() < 20_000);
+    }
+}
+
+#[test]
 fn missing_and_corrupt_files_are_clear_errors() {
     let dir = tmp("bad");
     let missing = dir.join("nope.gguf");
