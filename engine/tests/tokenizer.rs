@@ -37,8 +37,32 @@ fn reproduces_llama_cpp_ids_and_decodes_back() {
 
 #[derive(serde::Deserialize)]
 struct FuzzCase {
+    /// The pre-tokenizer, in the fixture of several.
+    #[serde(default)]
+    pre: String,
     text: String,
     ids: Vec<u32>,
+}
+
+/// Every case encodes to llama.cpp's ids and decodes back to its text.
+fn assert_reproduces(tok: &Tokenizer, cases: &[&FuzzCase], what: &str) {
+    let wrong: Vec<&str> = cases
+        .iter()
+        .filter(|c| tok.encode(&c.text).unwrap() != c.ids || tok.decode(&c.ids).unwrap() != c.text)
+        .map(|c| c.text.as_str())
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{what}: {} of {} differ from llama.cpp, e.g. {:?}",
+        wrong.len(),
+        cases.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+}
+
+fn fuzz_cases(fixture: &str) -> Vec<FuzzCase> {
+    let text = std::fs::read_to_string(common::fixture(fixture)).unwrap();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 /// 600 seeded random texts (pre-tokenizer stress pieces and random code
@@ -46,23 +70,9 @@ struct FuzzCase {
 /// `scripts/reference/make_fuzz_fixtures.py`.
 #[test]
 fn reproduces_llama_cpp_on_random_texts() {
-    let tok = tokenizer();
-    let text = std::fs::read_to_string(common::fixture("smollm2_tokenizer_fuzz.jsonl")).unwrap();
-    let cases: Vec<FuzzCase> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let cases = fuzz_cases("smollm2_tokenizer_fuzz.jsonl");
     assert_eq!(cases.len(), 600);
-    let wrong: Vec<&str> = cases
-        .iter()
-        .filter(|c| tok.encode(&c.text).unwrap() != c.ids || tok.decode(&c.ids).unwrap() != c.text)
-        .map(|c| c.text.as_str())
-        .collect();
-    assert!(wrong.is_empty(), "{} of 600 differ from llama.cpp, e.g. {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
-}
-
-#[derive(serde::Deserialize)]
-struct PreCase {
-    pre: String,
-    text: String,
-    ids: Vec<u32>,
+    assert_reproduces(&tokenizer(), &cases.iter().collect::<Vec<_>>(), "smollm");
 }
 
 /// Qwen2's and Llama 3's pre-tokenizers (the regexes a Qwen2.5 or Llama 3
@@ -71,24 +81,12 @@ struct PreCase {
 /// (`scripts/reference/make_pretokenizer_fixtures.py`).
 #[test]
 fn qwen2_and_llama3_pre_tokenizers_reproduce_llama_cpp() {
-    let text = std::fs::read_to_string(common::fixture("pretokenizer_cases.jsonl")).unwrap();
-    let cases: Vec<PreCase> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let cases = fuzz_cases("pretokenizer_cases.jsonl");
     for pre in ["qwen2", "llama-bpe"] {
         let gguf = GgufFile::open(&common::fixture(&format!("tokenizer_{pre}.gguf"))).unwrap();
-        let tok = Tokenizer::from_gguf(&gguf).unwrap();
-        let mine: Vec<&PreCase> = cases.iter().filter(|c| c.pre == pre).collect();
+        let mine: Vec<&FuzzCase> = cases.iter().filter(|c| c.pre == pre).collect();
         assert_eq!(mine.len(), 300);
-        let wrong: Vec<&str> = mine
-            .iter()
-            .filter(|c| tok.encode(&c.text).unwrap() != c.ids || tok.decode(&c.ids).unwrap() != c.text)
-            .map(|c| c.text.as_str())
-            .collect();
-        assert!(
-            wrong.is_empty(),
-            "{pre}: {} of 300 differ from llama.cpp, e.g. {:?}",
-            wrong.len(),
-            &wrong[..wrong.len().min(5)]
-        );
+        assert_reproduces(&Tokenizer::from_gguf(&gguf).unwrap(), &mine, pre);
     }
     // The two really split differently: digits one by one against runs of
     // up to three.
