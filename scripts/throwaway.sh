@@ -25,6 +25,11 @@ throwaway_pg() {
 throwaway_server() {
     THROWAWAY_WORK="$1"
     shift
+    # Made here, not by the background redirection: the polling below may
+    # run before the server's shell has opened them (a clean CI run failed
+    # on "sed: can't read serve.out").
+    : >"$THROWAWAY_WORK/serve.out"
+    : >"$THROWAWAY_WORK/serve.err"
     RUST_LOG=warn "$RLT" --data-dir "$THROWAWAY_WORK" serve --port 0 "$@" \
         >"$THROWAWAY_WORK/serve.out" 2>"$THROWAWAY_WORK/serve.err" &
     THROWAWAY_SERVER=$!
