@@ -75,15 +75,20 @@ CHAT_TEMPLATE = (
 TEXTS = ["Hello, world!", "x^2 + 1 = 10\n\n  é ü 漢字", "<|im_start|>user\nHi<|im_end|>\n"]
 
 
+def byte_chars():
+    """GPT-2's byte-to-character table, which ByteLevel pre-tokenizes into:
+    the character of each byte, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = iter(range(256, 512))
+    chars = [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
+    assert set(chars) == set(pre_tokenizers.ByteLevel.alphabet())
+    return chars
+
+
 def byte_level_tokenizer():
     """256 byte tokens in byte order, no merges, then the ChatML specials
     (ids 256 and 257)."""
-    # GPT-2's byte-to-character table, which ByteLevel pre-tokenizes into.
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    extra = iter(range(256, 512))
-    char_of = {b: chr(b) if b in printable else chr(next(extra)) for b in range(256)}
-    assert set(char_of.values()) == set(pre_tokenizers.ByteLevel.alphabet())
-    tok = Tokenizer(models.BPE(vocab={char_of[b]: b for b in range(256)}, merges=[]))
+    tok = Tokenizer(models.BPE(vocab={c: b for b, c in enumerate(byte_chars())}, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(["<|im_start|>", "<|im_end|>"])
@@ -141,9 +146,7 @@ def write_gguf(path, arch, model, cfg):
     w.add_vocab_size(cfg.vocab_size)
     # GPT-2's byte characters, the ChatML specials, one merge, then
     # reserved control tokens up to the model's vocabulary.
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    extra = iter(range(256, 512))
-    tokens = [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
+    tokens = byte_chars()
     tokens += ["<|im_start|>", "<|im_end|>", "Ġt"]
     types = [gguf.TokenType.NORMAL] * 256 + [gguf.TokenType.CONTROL] * 2 + [gguf.TokenType.NORMAL]
     while len(tokens) < cfg.vocab_size:
