@@ -267,10 +267,7 @@ fn gguf_settings_the_decoder_cannot_run_are_refused() {
 /// A copy of a fixture directory with its config.json changed.
 fn with_config(name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
     let src = tiny(name);
-    let dir =
-        std::env::temp_dir().join(format!("rlt-hf-{name}-{}-{:?}", std::process::id(), std::thread::current().id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::fresh_dir(&format!("hf-{name}-{:?}", std::thread::current().id()));
     for entry in std::fs::read_dir(&src).unwrap() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();

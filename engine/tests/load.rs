@@ -11,13 +11,6 @@ use rlt_engine::Error;
 use rlt_engine::load::{WeightMode, load_model};
 use rlt_engine::model::Architecture;
 
-fn tmp(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("rlt-engine-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[test]
 fn records_sha256_architecture_and_config() {
     let lm = common::f32_model();
@@ -48,7 +41,7 @@ fn debug_output_summarises_instead_of_printing_weights() {
 
 #[test]
 fn missing_and_corrupt_files_are_clear_errors() {
-    let dir = tmp("bad");
+    let dir = common::fresh_dir("bad");
     let missing = dir.join("nope.gguf");
     let err = load_model(&missing, WeightMode::F32, &Device::Cpu).unwrap_err();
     assert!(matches!(err, Error::ModelNotFound(_)), "{err}");
@@ -75,7 +68,7 @@ fn missing_and_corrupt_files_are_clear_errors() {
 
 #[test]
 fn unsupported_architecture_is_named() {
-    let dir = tmp("arch");
+    let dir = common::fresh_dir("arch");
     let path = dir.join("mamba.gguf");
     let mut f = std::fs::File::create(&path).unwrap();
     let arch = gguf_file::Value::String("mamba".into());
@@ -134,7 +127,7 @@ fn hugging_face_directories_load_like_the_gguf() {
     let input = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
     let want = gguf.model.forward(&input, &[0]).unwrap();
     for (model_type, bias, arch) in [("llama", false, Architecture::Llama), ("qwen2", true, Architecture::Qwen2)] {
-        let dir = tmp(model_type);
+        let dir = common::fresh_dir(model_type);
         write_hf_dir(&dir, model_type, bias);
         let hf = load_model(&dir, WeightMode::F32, &Device::Cpu).unwrap();
         assert_eq!(hf.architecture, arch);

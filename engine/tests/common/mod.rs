@@ -24,6 +24,15 @@ pub fn model_path() -> PathBuf {
     p
 }
 
+/// An empty directory for this test process named after `name` (anything
+/// left by an earlier run under the same name is removed first).
+pub fn fresh_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rlt-engine-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 pub fn fixture(name: &str) -> PathBuf {
     workspace_root().join("tests/fixtures").join(name)
 }
