@@ -63,6 +63,14 @@ CONTENT = [
 ]
 
 
+def random_text(rng, special):
+    """Stress pieces glued together (which may hold special tokens), or
+    random code points from the blocks of RANGES."""
+    if special:
+        return "".join(rng.choice(PIECES) for _ in range(rng.randint(1, 12)))
+    return "".join(chr(rng.randint(*rng.choice(RANGES))) for _ in range(rng.randint(1, 40)))
+
+
 def tokenizer_cases():
     vocab = llama_cpp.Llama(model_path=os.path.join(DATA, "models", GGUF), vocab_only=True, verbose=False)
     rng = random.Random(20261126)
@@ -70,10 +78,7 @@ def tokenizer_cases():
     with open(path, "w", encoding="utf-8") as out:
         for i in range(2 * CASES_EACH):
             special = i < CASES_EACH
-            if special:
-                text = "".join(rng.choice(PIECES) for _ in range(rng.randint(1, 12)))
-            else:
-                text = "".join(chr(rng.randint(*rng.choice(RANGES))) for _ in range(rng.randint(1, 40)))
+            text = random_text(rng, special)
             ids = vocab.tokenize(text.encode("utf-8"), add_bos=False, special=special)
             out.write(json.dumps({"text": text, "special": special, "ids": ids}) + "\n")
     print(f"wrote {2 * CASES_EACH} cases to {path}")

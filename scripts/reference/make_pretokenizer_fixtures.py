@@ -30,7 +30,7 @@ import gguf
 import llama_cpp
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from make_fuzz_fixtures import PIECES, RANGES
+from make_fuzz_fixtures import random_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DATA = os.environ.get("RLT_DATA_DIR", os.path.join(ROOT, "data"))
@@ -60,7 +60,7 @@ def champ_texts():
 
 def corpus():
     rng = random.Random(7)
-    return champ_texts() + ["".join(rng.choice(PIECES) for _ in range(rng.randint(1, 12))) for _ in range(3000)]
+    return champ_texts() + [random_text(rng, special=True) for _ in range(3000)]
 
 
 def train():
@@ -116,10 +116,8 @@ def main():
             vocab = llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False)
             for i in range(3 * CASES_EACH):
                 special = i < CASES_EACH
-                if special:
-                    text = "".join(rng.choice(PIECES) for _ in range(rng.randint(1, 12)))
-                elif i < 2 * CASES_EACH:
-                    text = "".join(chr(rng.randint(*rng.choice(RANGES))) for _ in range(rng.randint(1, 40)))
+                if i < 2 * CASES_EACH:
+                    text = random_text(rng, special)
                 else:
                     source = rng.choice(excerpts)
                     start = rng.randrange(len(source) - 20)
