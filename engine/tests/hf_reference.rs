@@ -22,7 +22,7 @@ use rlt_engine::load::{LoadedModel, WeightMode, load_model, load_trainable};
 use rlt_engine::logprobs::token_logprobs;
 use rlt_engine::model::{Architecture, Model};
 
-use common::{Position, logsumexp};
+use common::{Position, check_logit_rows, check_next_logprobs, logsumexp};
 
 /// Tighter than the 1e-3 the engine promises: on these small models every
 /// path agrees with transformers to ~3e-5, so 2e-4 still catches small
@@ -60,22 +60,9 @@ fn reference(name: &str) -> Reference {
     all.remove(name).unwrap()
 }
 
-fn close(a: f32, b: f32, what: &str) {
-    assert!((a - b).abs() <= TOL, "{what}: {a} vs transformers {b}");
-}
-
 /// Checks rows of logits `[positions, vocab]` against the reference.
 fn check_logits(rows: &[Vec<f32>], fx: &Reference, seq: &Sequence, what: &str) {
-    assert_eq!(rows.len(), seq.positions.len(), "{what}");
-    for (p, (row, r)) in rows.iter().zip(&seq.positions).enumerate() {
-        let at = |x: &str| format!("{what}: {} pos {p} {x}", seq.name);
-        close(row.iter().copied().fold(f32::NEG_INFINITY, f32::max), r.max, &at("max"));
-        close(row[r.argmax], r.max, &at("logit at transformers' argmax"));
-        close(logsumexp(row), r.logsumexp, &at("logsumexp"));
-        for (&id, &v) in fx.probe_ids.iter().zip(&r.probe) {
-            close(row[id], v, &at(&format!("logit {id}")));
-        }
-    }
+    check_logit_rows(rows, &seq.positions, &fx.probe_ids, TOL, &format!("{what}: {}", seq.name));
 }
 
 fn row(ids: &[u32]) -> Tensor {
@@ -112,11 +99,7 @@ fn check_model(lm: &LoadedModel, fx: &Reference, what: &str) {
         let lps = token_logprobs(&lm.model, &seqs, temp).unwrap();
         for (seq, lp) in fx.sequences.iter().zip(&lps) {
             assert_eq!(lp.len(), seq.ids.len() - 1);
-            for (p, &v) in lp.iter().enumerate() {
-                let r = &seq.positions[p];
-                let want = if t07 { r.next_logprob_t07 } else { r.next_logprob }.unwrap();
-                close(v, want, &format!("{what}, batched log-prob {} pos {p} τ={temp}", seq.name));
-            }
+            check_next_logprobs(lp, &seq.positions, t07, TOL, &format!("{what}, batched log-prob {}", seq.name));
         }
     }
 }

@@ -7,7 +7,7 @@ mod common;
 use candle_core::{Device, Tensor};
 use rlt_engine::logprobs::token_logprobs;
 
-use common::{Position, logsumexp};
+use common::{Position, assert_close, check_logit_rows, check_next_logprobs};
 
 const TOL: f32 = 1e-3;
 
@@ -37,30 +37,17 @@ fn logits_of(ids: &[u32]) -> Vec<Vec<f32>> {
     m.forward(&input, &[0]).unwrap().squeeze(0).unwrap().to_vec2().unwrap()
 }
 
-fn close(a: f32, b: f32, what: &str) {
-    assert!((a - b).abs() <= TOL, "{what}: {a} vs reference {b}");
-}
-
 #[test]
 fn f32_logits_match_transformers() {
     let fx = fixture();
     for seq in &fx.sequences {
         let logits = logits_of(&seq.ids);
         assert_eq!(logits.len(), seq.ids.len());
-        for (p, (row, r)) in logits.iter().zip(&seq.positions).enumerate() {
-            let at = |what: &str| format!("{} pos {p} {what}", seq.name);
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            close(max, r.max, &at("max"));
-            close(row[r.argmax], r.max, &at("logit at reference argmax"));
-            close(logsumexp(row), r.logsumexp, &at("logsumexp"));
-            for (&id, &v) in fx.probe_ids.iter().zip(&r.probe) {
-                close(row[id], v, &at(&format!("logit {id}")));
-            }
-        }
+        check_logit_rows(&logits, &seq.positions, &fx.probe_ids, TOL, &seq.name);
         for (pos, values) in &seq.slices {
             let row = &logits[pos.parse::<usize>().unwrap()];
             for (i, &v) in values.iter().enumerate() {
-                close(row[fx.slice.0 + i], v, &format!("{} pos {pos} slice {i}", seq.name));
+                assert_close(row[fx.slice.0 + i], v, TOL, &format!("{} pos {pos} slice {i}", seq.name));
             }
         }
     }
@@ -72,15 +59,11 @@ fn teacher_forced_logprobs_match_transformers() {
     let m = &common::f32_model().model;
     let seqs: Vec<Vec<u32>> = fx.sequences.iter().map(|s| s.ids.clone()).collect();
     // Batched together: the padded rows must give what each gives alone.
-    for (temp, pick) in [(1.0, 0), (0.7, 1)] {
+    for (temp, t07) in [(1.0, false), (0.7, true)] {
         let lps = token_logprobs(m, &seqs, temp).unwrap();
         for (seq, lp) in fx.sequences.iter().zip(&lps) {
             assert_eq!(lp.len(), seq.ids.len() - 1, "{}", seq.name);
-            for (p, &v) in lp.iter().enumerate() {
-                let r = &seq.positions[p];
-                let expected = if pick == 0 { r.next_logprob } else { r.next_logprob_t07 }.unwrap();
-                close(v, expected, &format!("{} pos {p} τ={temp}", seq.name));
-            }
+            check_next_logprobs(lp, &seq.positions, t07, TOL, &seq.name);
         }
     }
 }

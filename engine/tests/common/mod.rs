@@ -67,3 +67,32 @@ pub fn logsumexp(row: &[f32]) -> f32 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     max + row.iter().map(|x| ((x - max) as f64).exp()).sum::<f64>().ln() as f32
 }
+
+pub fn assert_close(a: f32, b: f32, tol: f32, what: &str) {
+    assert!((a - b).abs() <= tol, "{what}: {a} vs transformers {b}");
+}
+
+/// Rows of logits `[positions, vocab]` against a fixture's positions: the
+/// max, the logit at transformers' argmax, the logsumexp and the probes.
+pub fn check_logit_rows(rows: &[Vec<f32>], positions: &[Position], probe_ids: &[usize], tol: f32, what: &str) {
+    assert_eq!(rows.len(), positions.len(), "{what}");
+    for (p, (row, r)) in rows.iter().zip(positions).enumerate() {
+        let at = |x: &str| format!("{what} pos {p} {x}");
+        assert_close(row.iter().copied().fold(f32::NEG_INFINITY, f32::max), r.max, tol, &at("max"));
+        assert_close(row[r.argmax], r.max, tol, &at("logit at transformers' argmax"));
+        assert_close(logsumexp(row), r.logsumexp, tol, &at("logsumexp"));
+        for (&id, &v) in probe_ids.iter().zip(&r.probe) {
+            assert_close(row[id], v, tol, &at(&format!("logit {id}")));
+        }
+    }
+}
+
+/// Teacher-forced log-probs of a sequence's tokens after the first (at τ = 1,
+/// or 0.7 when `t07`) against a fixture's positions.
+pub fn check_next_logprobs(lp: &[f32], positions: &[Position], t07: bool, tol: f32, what: &str) {
+    assert_eq!(lp.len() + 1, positions.len(), "{what}");
+    for (p, (&v, r)) in lp.iter().zip(positions).enumerate() {
+        let want = if t07 { r.next_logprob_t07 } else { r.next_logprob }.unwrap();
+        assert_close(v, want, tol, &format!("{what} pos {p} τ={}", if t07 { 0.7 } else { 1.0 }));
+    }
+}
