@@ -12,7 +12,7 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
-use crate::model::{Architecture, Config};
+use crate::model::{Architecture, Config, RopeScaling, YarnRopeScaling};
 
 /// llama.cpp's per-frequency RoPE divisors (how its converter stores Llama
 /// 3's scaling).
@@ -95,7 +95,8 @@ impl GgufFile {
             .ok_or_else(|| Error::metadata("token_embd.weight", "tensor missing"))?;
         // GGUF lists dims innermost first: [hidden, vocab].
         let vocab_size = *embed.shape.dims().first().ok_or_else(|| Error::metadata("token_embd.weight", "no dims"))?;
-        self.check_rope_scaling(a)?;
+        let rope_scaling = self.rope_scaling(a)?;
+        let context = self.get_usize(&key("context_length"))?;
         if let Ok(dims) = self.get_usize(&key("rope.dimension_count"))
             && dims != head_dim
         {
@@ -125,11 +126,11 @@ impl GgufFile {
             head_dim,
             rms_norm_eps: self.get_f64(&key("attention.layer_norm_rms_epsilon"))?,
             rope_theta: self.get_f64(&key("rope.freq_base")).unwrap_or(10_000.0),
-            max_position_embeddings: self.get_usize(&key("context_length"))?,
+            max_position_embeddings: rope_scaling.as_ref().map_or(context, |s| s.context(context)),
             tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
             attention_bias: self.content.tensor_infos.contains_key("blk.0.attn_q.bias"),
             output_bias: self.content.tensor_infos.contains_key("blk.0.attn_output.bias"),
-            rope_scaling: None,
+            rope_scaling,
             rope_freq_factors,
         };
         cfg.validate()?;
@@ -137,10 +138,11 @@ impl GgufFile {
         Ok(cfg)
     }
 
-    /// Refuses the RoPE scalings llama.cpp applies from metadata, which the
-    /// decoder does not implement. Like llama.cpp, a file with a factor and
-    /// no type means linear scaling, and a factor of 0 or 1 means none.
-    fn check_rope_scaling(&self, arch: &str) -> Result<()> {
+    /// The RoPE scaling llama.cpp applies from metadata. Like llama.cpp, a
+    /// file with a factor and no type means linear scaling, and a factor of
+    /// 0 or 1 means none. YaRN is read with llama.cpp's defaults (which are
+    /// transformers'); a file that sets its other parameters is refused.
+    fn rope_scaling(&self, arch: &str) -> Result<Option<RopeScaling>> {
         let type_key = format!("{arch}.rope.scaling.type");
         let kind = match self.content.metadata.get(&type_key) {
             None => None,
@@ -151,10 +153,32 @@ impl GgufFile {
             .iter()
             .find_map(|k| self.get_f64(k).ok().map(|f| (k.clone(), f)));
         match (kind, factor) {
-            (Some("none") | Some("linear") | None, None) | (Some("none"), Some(_)) => Ok(()),
-            (Some("linear") | None, Some((_, f))) if f == 0.0 || f == 1.0 => Ok(()),
-            (Some("linear") | None, Some((k, f))) => {
-                Err(Error::metadata(k, format!("linear RoPE scaling by {f} is not supported")))
+            (Some("none") | Some("linear") | None, None) | (Some("none"), Some(_)) => Ok(None),
+            (Some("linear") | None, Some((_, f))) if f == 0.0 || f == 1.0 => Ok(None),
+            (Some("linear") | None, Some((_, factor))) => Ok(Some(RopeScaling::Linear { factor })),
+            (Some("yarn"), Some((_, factor))) => {
+                let set = [
+                    "yarn_ext_factor",
+                    "yarn_attn_factor",
+                    "yarn_beta_fast",
+                    "yarn_beta_slow",
+                    "yarn_log_multiplier",
+                    "attn_factor",
+                ]
+                .map(|k| format!("{arch}.rope.scaling.{k}"))
+                .into_iter()
+                .find(|k| self.content.metadata.contains_key(k));
+                if let Some(k) = set {
+                    return Err(Error::metadata(
+                        k,
+                        "YaRN parameters other than the factor and the original context are not supported",
+                    ));
+                }
+                let original = self.get_usize(&format!("{arch}.rope.scaling.original_context_length"))?;
+                Ok(Some(RopeScaling::Yarn(YarnRopeScaling::new(factor, original))))
+            }
+            (Some("yarn"), None) => {
+                Err(Error::metadata(format!("{arch}.rope.scaling.factor"), "YaRN scaling without a factor"))
             }
             (Some(other), _) => Err(Error::metadata(type_key, format!("RoPE scaling `{other}` is not supported"))),
         }

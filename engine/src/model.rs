@@ -56,6 +56,18 @@ impl Architecture {
     }
 }
 
+/// RoPE frequency scaling, as transformers computes each `rope_type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "rope_type", rename_all = "lowercase")]
+pub enum RopeScaling {
+    /// Position interpolation: every frequency divided by `factor`.
+    Linear {
+        factor: f64,
+    },
+    Llama3(Llama3RopeScaling),
+    Yarn(YarnRopeScaling),
+}
+
 /// Llama 3 style frequency scaling (`rope_scaling.rope_type = "llama3"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Llama3RopeScaling {
@@ -63,6 +75,145 @@ pub struct Llama3RopeScaling {
     pub low_freq_factor: f64,
     pub high_freq_factor: f64,
     pub original_max_position_embeddings: usize,
+}
+
+/// YaRN: frequencies blended from the interpolated (divided by `factor`)
+/// to the original ones along a ramp over the dimensions, between the
+/// ones that turn `beta_fast` and `beta_slow` times in the original
+/// context; cos and sin are multiplied by `attention_factor`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct YarnRopeScaling {
+    pub factor: f64,
+    pub original_max_position_embeddings: usize,
+    pub beta_fast: f64,
+    pub beta_slow: f64,
+    pub attention_factor: f64,
+    /// Round the ramp's ends outwards to whole dimensions.
+    pub truncate: bool,
+}
+
+impl YarnRopeScaling {
+    /// The defaults transformers and llama.cpp fill in: β 32 and 1, the
+    /// ramp's ends rounded, and an attention factor of `0.1·ln(factor) + 1`.
+    pub fn new(factor: f64, original_max_position_embeddings: usize) -> Self {
+        Self {
+            factor,
+            original_max_position_embeddings,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            attention_factor: yarn_mscale(factor, 1.0),
+            truncate: true,
+        }
+    }
+
+    /// Per-frequency weights of the original (unscaled) frequencies: 1
+    /// below the ramp's low end (fast dimensions keep their frequency), 0
+    /// above its high end.
+    fn extrapolation(&self, theta: f64, head_dim: usize) -> Vec<f64> {
+        let dim = head_dim as f64;
+        let old_ctx = self.original_max_position_embeddings as f64;
+        // The dimension whose frequency turns `turns` times in the
+        // original context.
+        let dim_for = |turns: f64| dim * (old_ctx / (turns * 2.0 * std::f64::consts::PI)).ln() / (2.0 * theta.ln());
+        let (mut low, mut high) = (dim_for(self.beta_fast), dim_for(self.beta_slow));
+        if self.truncate {
+            (low, high) = (low.floor(), high.ceil());
+        }
+        let (low, mut high) = (low.max(0.0), high.min(dim - 1.0));
+        if low == high {
+            high += 0.001;
+        }
+        (0..head_dim / 2).map(|i| 1.0 - ((i as f64 - low) / (high - low)).clamp(0.0, 1.0)).collect()
+    }
+}
+
+/// YaRN's attention scale for a context grown by `scale`.
+fn yarn_mscale(scale: f64, mscale: f64) -> f64 {
+    if scale <= 1.0 { 1.0 } else { 0.1 * mscale * scale.ln() + 1.0 }
+}
+
+/// `rope_type = "yarn"` as a config states it, before transformers' defaults.
+#[derive(Deserialize)]
+struct HfYarn {
+    factor: Option<f64>,
+    original_max_position_embeddings: usize,
+    beta_fast: Option<f64>,
+    beta_slow: Option<f64>,
+    attention_factor: Option<f64>,
+    mscale: Option<f64>,
+    mscale_all_dim: Option<f64>,
+    truncate: Option<bool>,
+}
+
+impl HfYarn {
+    /// transformers' `_compute_yarn_parameters`: a missing factor is the
+    /// context's growth, and zero β or mscale counts as absent.
+    fn resolve(self, max_position_embeddings: usize) -> YarnRopeScaling {
+        let factor =
+            self.factor.unwrap_or(max_position_embeddings as f64 / self.original_max_position_embeddings.max(1) as f64);
+        let given = |x: Option<f64>| x.filter(|v| *v != 0.0);
+        let attention_factor =
+            self.attention_factor.unwrap_or_else(|| match (given(self.mscale), given(self.mscale_all_dim)) {
+                (Some(m), Some(all)) => yarn_mscale(factor, m) / yarn_mscale(factor, all),
+                _ => yarn_mscale(factor, 1.0),
+            });
+        YarnRopeScaling {
+            factor,
+            original_max_position_embeddings: self.original_max_position_embeddings,
+            beta_fast: given(self.beta_fast).unwrap_or(32.0),
+            beta_slow: given(self.beta_slow).unwrap_or(1.0),
+            attention_factor,
+            truncate: self.truncate.unwrap_or(true),
+        }
+    }
+}
+
+impl RopeScaling {
+    /// The context a scaled model accepts, as vLLM derives it: YaRN's
+    /// original context times its factor, a linear factor times the
+    /// config's context (never less than the config says).
+    pub(crate) fn context(&self, max_position_embeddings: usize) -> usize {
+        let grown = match self {
+            Self::Linear { factor } => max_position_embeddings as f64 * factor,
+            Self::Yarn(y) => y.original_max_position_embeddings as f64 * y.factor,
+            Self::Llama3(_) => return max_position_embeddings,
+        };
+        if grown.is_finite() { max_position_embeddings.max(grown as usize) } else { max_position_embeddings }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |reason: String| Err(Error::metadata("rope_scaling", reason));
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        match self {
+            Self::Linear { factor } if !positive(*factor) => {
+                bad(format!("linear scaling needs factor > 0, got {factor}"))
+            }
+            Self::Llama3(s)
+                if !(positive(s.factor)
+                    && s.low_freq_factor > 0.0
+                    && s.high_freq_factor > s.low_freq_factor
+                    && s.original_max_position_embeddings > 0) =>
+            {
+                bad(format!(
+                    "llama3 scaling needs factor > 0 and 0 < low_freq_factor < high_freq_factor, got {} / {} / {}",
+                    s.factor, s.low_freq_factor, s.high_freq_factor
+                ))
+            }
+            Self::Yarn(y)
+                if !(positive(y.factor)
+                    && y.original_max_position_embeddings > 0
+                    && positive(y.beta_fast)
+                    && positive(y.beta_slow)
+                    && positive(y.attention_factor)) =>
+            {
+                bad(format!(
+                    "yarn scaling needs factor, β and attention factor > 0 and an original context, got factor {}, β {} and {}, attention factor {}, original context {}",
+                    y.factor, y.beta_fast, y.beta_slow, y.attention_factor, y.original_max_position_embeddings
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,7 +237,7 @@ pub struct Config {
     /// there too; Qwen2 never has it).
     #[serde(default)]
     pub output_bias: bool,
-    pub rope_scaling: Option<Llama3RopeScaling>,
+    pub rope_scaling: Option<RopeScaling>,
     /// Per-frequency divisors of RoPE's inverse frequencies, as llama.cpp's
     /// converter stores Llama 3's scaling in a GGUF (`rope_freqs.weight`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -221,11 +372,20 @@ impl Config {
             None => None,
             Some(v) => {
                 let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(|k| k.as_str()).unwrap_or("default");
+                let parse_err =
+                    |e: serde_json::Error| Error::metadata(format!("config.json {rope_key}"), e.to_string());
                 match kind {
-                    "llama3" => Some(
-                        serde_json::from_value(v.clone())
-                            .map_err(|e| Error::metadata(format!("config.json {rope_key}"), e.to_string()))?,
-                    ),
+                    "llama3" => Some(RopeScaling::Llama3(serde_json::from_value(v.clone()).map_err(parse_err)?)),
+                    "linear" => {
+                        let factor = v.get("factor").and_then(|f| f.as_f64()).ok_or_else(|| {
+                            Error::metadata(format!("config.json {rope_key}"), "linear scaling needs a number `factor`")
+                        })?;
+                        Some(RopeScaling::Linear { factor })
+                    }
+                    "yarn" => {
+                        let yarn: HfYarn = serde_json::from_value(v.clone()).map_err(parse_err)?;
+                        Some(RopeScaling::Yarn(yarn.resolve(hf.max_position_embeddings)))
+                    }
                     // "default" means no scaling in transformers.
                     "default" => None,
                     other => return unsupported(rope_key, format!("unsupported rope scaling `{other}`")),
@@ -243,7 +403,9 @@ impl Config {
             head_dim: hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1)),
             rms_norm_eps: hf.rms_norm_eps,
             rope_theta,
-            max_position_embeddings: hf.max_position_embeddings,
+            max_position_embeddings: rope_scaling
+                .as_ref()
+                .map_or(hf.max_position_embeddings, |s| s.context(hf.max_position_embeddings)),
             tie_word_embeddings: hf.tie_word_embeddings,
             // transformers' Qwen2 always has q/k/v biases and never an
             // output one; its Llama puts `attention_bias` on all four.
@@ -286,20 +448,7 @@ impl Config {
             }
         }
         if let Some(s) = &self.rope_scaling {
-            let ok = s.factor.is_finite()
-                && s.factor > 0.0
-                && s.low_freq_factor > 0.0
-                && s.high_freq_factor > s.low_freq_factor
-                && s.original_max_position_embeddings > 0;
-            if !ok {
-                return Err(Error::metadata(
-                    "rope_scaling",
-                    format!(
-                        "llama3 scaling needs factor > 0 and 0 < low_freq_factor < high_freq_factor, got {} / {} / {}",
-                        s.factor, s.low_freq_factor, s.high_freq_factor
-                    ),
-                ));
-            }
+            s.validate()?;
         }
         Ok(())
     }
@@ -576,18 +725,32 @@ impl RotaryEmbedding {
         let half = cfg.head_dim / 2;
         let mut inv_freq: Vec<f64> =
             (0..half).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim as f64)).collect();
-        if let Some(s) = &cfg.rope_scaling {
-            // transformers' _compute_llama3_parameters.
-            let old_ctx = s.original_max_position_embeddings as f64;
-            let low_wavelen = old_ctx / s.low_freq_factor;
-            let high_wavelen = old_ctx / s.high_freq_factor;
-            for f in inv_freq.iter_mut() {
-                let wavelen = 2.0 * std::f64::consts::PI / *f;
-                if wavelen > low_wavelen {
-                    *f /= s.factor;
-                } else if wavelen >= high_wavelen {
-                    let smooth = (old_ctx / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
-                    *f = (1.0 - smooth) * *f / s.factor + smooth * *f;
+        // cos and sin are multiplied by this (YaRN's attention factor).
+        let mut scale = 1.0f32;
+        match &cfg.rope_scaling {
+            None => {}
+            Some(RopeScaling::Linear { factor }) => inv_freq.iter_mut().for_each(|f| *f /= factor),
+            Some(RopeScaling::Yarn(y)) => {
+                // transformers' _compute_yarn_parameters.
+                let keep = y.extrapolation(cfg.rope_theta, cfg.head_dim);
+                for (f, k) in inv_freq.iter_mut().zip(keep) {
+                    *f = *f / y.factor * (1.0 - k) + *f * k;
+                }
+                scale = y.attention_factor as f32;
+            }
+            Some(RopeScaling::Llama3(s)) => {
+                // transformers' _compute_llama3_parameters.
+                let old_ctx = s.original_max_position_embeddings as f64;
+                let low_wavelen = old_ctx / s.low_freq_factor;
+                let high_wavelen = old_ctx / s.high_freq_factor;
+                for f in inv_freq.iter_mut() {
+                    let wavelen = 2.0 * std::f64::consts::PI / *f;
+                    if wavelen > low_wavelen {
+                        *f /= s.factor;
+                    } else if wavelen >= high_wavelen {
+                        let smooth = (old_ctx / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+                        *f = (1.0 - smooth) * *f / s.factor + smooth * *f;
+                    }
                 }
             }
         }
@@ -604,8 +767,8 @@ impl RotaryEmbedding {
             for f in &inv_freq {
                 // f32 angle like transformers (inv_freq and positions in f32).
                 let angle = (pos as f32) * (*f as f32);
-                cos.push(angle.cos());
-                sin.push(angle.sin());
+                cos.push(angle.cos() * scale);
+                sin.push(angle.sin() * scale);
             }
         }
         let cos = Tensor::from_vec(cos, (n, half), device)?.to_dtype(dtype)?;

@@ -4,7 +4,8 @@
 //! written as llama.cpp's converter would) cover what the SmolLM2 GGUF does
 //! not: Qwen2's q/k/v biases, bf16 checkpoints, untied lm_heads, Llama 3
 //! RoPE scaling, an explicit head_dim, one key/value head for four query
-//! heads, Llama's attention_bias (which includes o_proj), and both
+//! heads, Llama's attention_bias (which includes o_proj), YaRN and linear
+//! RoPE scaling on the same weights (as configs and as GGUF keys), and both
 //! transformers 5's `rope_parameters` and transformers 4's
 //! `rope_theta`/`rope_scaling`. Every path of the decoder (the fused CPU
 //! inference, the plain training graph, the KV cache, padded batches and
@@ -54,10 +55,31 @@ fn tiny(name: &str) -> PathBuf {
     common::fixture("tiny_models").join(name)
 }
 
+fn reference_json() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(tiny("reference.json")).unwrap()).unwrap()
+}
+
 fn reference(name: &str) -> Reference {
-    let text = std::fs::read_to_string(tiny("reference.json")).unwrap();
-    let mut all: std::collections::HashMap<String, Reference> = serde_json::from_str(&text).unwrap();
-    all.remove(name).unwrap()
+    serde_json::from_value(reference_json()[name].take()).unwrap()
+}
+
+/// A tiny model's weights under another RoPE scaling (see the script).
+#[derive(serde::Deserialize)]
+struct Variant {
+    base: String,
+    /// transformers 5's form: `rope_theta` and the scaling together.
+    rope_parameters: serde_json::Value,
+    /// Whether `{name}.gguf` states the same scaling in llama.cpp's keys.
+    gguf: bool,
+    sequences: Vec<Sequence>,
+}
+
+/// A variant, and its base's reference with the variant's logits.
+fn variant(name: &str) -> (Variant, Reference) {
+    let mut v: Variant = serde_json::from_value(reference_json()["variants"][name].take()).unwrap();
+    let mut fx = reference(&v.base);
+    fx.sequences = std::mem::take(&mut v.sequences);
+    (v, fx)
 }
 
 /// Checks rows of logits `[positions, vocab]` against the reference.
@@ -105,17 +127,16 @@ fn check_model(lm: &LoadedModel, fx: &Reference, what: &str) {
 }
 
 /// Every path of the model at `path` (a directory or a GGUF) against the
-/// reference of the tiny model `name`.
-fn check_model_file(path: &Path, name: &str, arch: Architecture) -> LoadedModel {
-    let fx = reference(name);
+/// reference `fx` (of the tiny model `name`).
+fn check_model_file(path: &Path, fx: &Reference, name: &str, arch: Architecture) -> LoadedModel {
     let lm = load_model(path, WeightMode::F32, &Device::Cpu).unwrap();
     assert_eq!(lm.architecture, arch);
-    check_model(&lm, &fx, name);
+    check_model(&lm, fx, name);
 
     // The training graph (plain candle ops) on the same weights.
     let (trainable, _vars) = load_trainable(path, &Device::Cpu).unwrap();
     for seq in &fx.sequences {
-        check_logits(&full_logits(&trainable.model, &seq.ids), &fx, seq, &format!("{name}, training graph"));
+        check_logits(&full_logits(&trainable.model, &seq.ids), fx, seq, &format!("{name}, training graph"));
     }
 
     // 8-bit weights: close, not equal.
@@ -136,7 +157,7 @@ fn check_model_file(path: &Path, name: &str, arch: Architecture) -> LoadedModel 
 
 fn check_directory(dir: &Path, name: &str, arch: Architecture) {
     let fx = reference(name);
-    let lm = check_model_file(dir, name, arch);
+    let lm = check_model_file(dir, &fx, name, arch);
     for t in &fx.tokenizer {
         assert_eq!(lm.tokenizer.encode(&t.text).unwrap(), t.ids, "{name}: {:?}", t.text);
         assert_eq!(lm.tokenizer.decode(&t.ids).unwrap(), t.text);
@@ -157,14 +178,14 @@ fn llama_directory_matches_transformers() {
 fn llama_gguf_with_rope_freqs_matches_transformers() {
     // The tiny Llama as llama.cpp's converter writes it: permuted q/k rows
     // and biases, and the Llama 3 scaling as per-frequency divisors.
-    let lm = check_model_file(&tiny("llama.gguf"), "llama", Architecture::Llama);
+    let lm = check_model_file(&tiny("llama.gguf"), &reference("llama"), "llama", Architecture::Llama);
     assert_eq!(lm.config.rope_freq_factors.as_ref().map(Vec::len), Some(12));
     assert!(lm.config.rope_scaling.is_none());
 }
 
 #[test]
 fn qwen2_bf16_gguf_matches_transformers() {
-    let lm = check_model_file(&tiny("qwen2.gguf"), "qwen2", Architecture::Qwen2);
+    let lm = check_model_file(&tiny("qwen2.gguf"), &reference("qwen2"), "qwen2", Architecture::Qwen2);
     assert!(lm.config.attention_bias && !lm.config.output_bias);
 }
 
@@ -212,15 +233,57 @@ fn gguf_settings_the_decoder_cannot_run_are_refused() {
     // (case, metadata, tensors, key named in the error, or None if it loads)
     type Case<'a> = (&'a str, Vec<(String, Option<Value>)>, Vec<(&'a str, Option<QTensor>)>, Option<&'a str>);
     let cases: Vec<Case> = vec![
-        ("yarn", vec![kind("yarn")], vec![], Some("llama.rope.scaling.type")),
+        ("longrope", vec![kind("longrope")], vec![], Some("llama.rope.scaling.type")),
+        ("yarn_no_factor", vec![kind("yarn")], vec![], Some("llama.rope.scaling.factor")),
+        (
+            "yarn_no_context",
+            vec![kind("yarn"), factor("llama.rope.scaling.factor", 4.0)],
+            vec![],
+            Some("llama.rope.scaling.original_context_length"),
+        ),
+        // llama.cpp's YaRN knobs beyond transformers' defaults.
+        (
+            "yarn_beta",
+            vec![
+                kind("yarn"),
+                factor("llama.rope.scaling.factor", 4.0),
+                ("llama.rope.scaling.original_context_length".into(), Some(Value::U32(64))),
+                factor("llama.rope.scaling.yarn_beta_fast", 16.0),
+            ],
+            vec![],
+            Some("llama.rope.scaling.yarn_beta_fast"),
+        ),
+        (
+            "yarn",
+            vec![
+                kind("yarn"),
+                factor("llama.rope.scaling.factor", 4.0),
+                ("llama.rope.scaling.original_context_length".into(), Some(Value::U32(64))),
+            ],
+            vec![("rope_freqs.weight", None)],
+            None,
+        ),
         (
             "linear",
             vec![kind("linear"), factor("llama.rope.scaling.factor", 2.0)],
+            vec![("rope_freqs.weight", None)],
+            None,
+        ),
+        // Scaled twice: by the factor and by the Llama 3 divisors.
+        (
+            "linear_and_freqs",
+            vec![kind("linear"), factor("llama.rope.scaling.factor", 2.0)],
             vec![],
-            Some("llama.rope.scaling.factor"),
+            Some("rope_freqs.weight"),
         ),
         // llama.cpp: a factor without a type is linear scaling.
-        ("untyped", vec![factor("llama.rope.scale_linear", 4.0)], vec![], Some("llama.rope.scale_linear")),
+        ("untyped", vec![factor("llama.rope.scale_linear", 4.0)], vec![], Some("rope_freqs.weight")),
+        (
+            "negative",
+            vec![factor("llama.rope.scale_linear", -4.0)],
+            vec![("rope_freqs.weight", None)],
+            Some("rope_scaling"),
+        ),
         ("none", vec![kind("none"), factor("llama.rope.scaling.factor", 2.0)], vec![], None),
         ("unit", vec![kind("linear"), factor("llama.rope.scaling.factor", 1.0)], vec![], None),
         (
@@ -263,6 +326,45 @@ fn with_config(name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf
 }
 
 #[test]
+fn linear_and_yarn_rope_scaling_match_transformers() {
+    // (variant, architecture, the context it then accepts)
+    let cases = [
+        // YaRN as Qwen2.5's model card adds it: 64 × 4 is below the
+        // config's 512, which stays.
+        ("qwen2-yarn", Architecture::Qwen2, 512),
+        // Every YaRN parameter given (mscale over mscale_all_dim, no
+        // rounding of the ramp): 48 × 3 < 512.
+        ("llama-yarn", Architecture::Llama, 512),
+        // 512 × 2.5, as vLLM derives it.
+        ("llama-linear", Architecture::Llama, 1280),
+    ];
+    for (name, arch, context) in cases {
+        let (v, fx) = variant(name);
+        let dir = with_config(&v.base, |cfg| cfg["rope_parameters"] = v.rope_parameters.clone());
+        let lm = check_model_file(&dir, &fx, name, arch);
+        assert_eq!(lm.config.max_position_embeddings, context, "{name}");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        // transformers 4's form of the same config.
+        let dir = with_config(&v.base, |cfg| {
+            let mut rope = v.rope_parameters.clone();
+            cfg["rope_theta"] = rope.as_object_mut().unwrap().remove("rope_theta").unwrap();
+            cfg["rope_scaling"] = rope;
+            cfg.as_object_mut().unwrap().remove("rope_parameters");
+        });
+        let lm = load_model(&dir, WeightMode::F32, &Device::Cpu).unwrap();
+        let seq = &fx.sequences[1];
+        check_logits(&full_logits(&lm.model, &seq.ids), &fx, seq, &format!("{name}, transformers 4 config"));
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        if v.gguf {
+            let lm = check_model_file(&tiny(&format!("{name}.gguf")), &fx, &format!("{name}.gguf"), arch);
+            assert_eq!(lm.config.max_position_embeddings, context, "{name}.gguf");
+        }
+    }
+}
+
+#[test]
 fn transformers_4_configs_give_the_same_model() {
     // transformers 4 wrote `rope_theta` at the top and the scaling as
     // `rope_scaling` (the released Qwen2.5 and Llama 3 checkpoints).
@@ -287,13 +389,24 @@ fn transformers_4_configs_give_the_same_model() {
 fn configs_the_decoder_cannot_run_are_refused() {
     type Edit = fn(&mut serde_json::Value);
     // (model, edit, key named in the error, or None if it still loads)
-    let cases: [(&str, Edit, Option<&str>); 9] = [
+    let cases: [(&str, Edit, Option<&str>); 13] = [
         ("llama", |c| c["mlp_bias"] = true.into(), Some("mlp_bias")),
         ("llama", |c| c["hidden_act"] = "gelu".into(), Some("hidden_act")),
-        ("llama", |c| c["rope_parameters"]["rope_type"] = "yarn".into(), Some("rope_parameters")),
+        ("llama", |c| c["rope_parameters"]["rope_type"] = "dynamic".into(), Some("rope_parameters")),
         // A legacy rope_scaling wins over rope_parameters, as in transformers 5.
-        ("llama", |c| c["rope_scaling"] = serde_json::json!({"type": "yarn", "factor": 4.0}), Some("rope_scaling")),
+        ("llama", |c| c["rope_scaling"] = serde_json::json!({"type": "longrope", "factor": 4.0}), Some("rope_scaling")),
         ("llama", |c| c["rope_parameters"]["high_freq_factor"] = 1.0.into(), Some("rope_scaling")),
+        ("llama", |c| c["rope_scaling"] = serde_json::json!({"type": "yarn", "factor": 4.0}), Some("rope_scaling")),
+        (
+            "llama",
+            |c| {
+                c["rope_scaling"] =
+                    serde_json::json!({"type": "yarn", "factor": 0, "original_max_position_embeddings": 64})
+            },
+            Some("rope_scaling"),
+        ),
+        ("llama", |c| c["rope_scaling"] = serde_json::json!({"type": "linear"}), Some("rope_scaling")),
+        ("llama", |c| c["rope_scaling"] = serde_json::json!({"type": "linear", "factor": -2.0}), Some("rope_scaling")),
         (
             "qwen2",
             |c| {
@@ -347,4 +460,31 @@ fn configs_the_decoder_cannot_run_are_refused() {
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
+}
+
+#[test]
+fn yarn_as_qwen2_5_model_card_adds_it_grows_the_context() {
+    use rlt_engine::model::{Config, RopeScaling};
+    // Qwen2.5-7B-Instruct's config.json (transformers 4) with the
+    // `rope_scaling` its model card says to add for long texts.
+    let mut cfg = serde_json::json!({
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
+        "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+        "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
+        "max_position_embeddings": 32768, "rope_theta": 1000000.0, "rms_norm_eps": 1e-06,
+        "sliding_window": 131072, "max_window_layers": 28, "use_sliding_window": false,
+        "tie_word_embeddings": false, "torch_dtype": "bfloat16",
+        "rope_scaling": {"factor": 4.0, "original_max_position_embeddings": 32768, "type": "yarn"}
+    });
+    let parsed = Config::from_hf_json(&cfg.to_string()).unwrap();
+    assert_eq!(parsed.max_position_embeddings, 131072);
+    let Some(RopeScaling::Yarn(y)) = &parsed.rope_scaling else { panic!("{:?}", parsed.rope_scaling) };
+    assert!((y.attention_factor - (1.0 + 0.1 * 4f64.ln())).abs() < 1e-12);
+    assert_eq!((y.beta_fast, y.beta_slow, y.truncate), (32.0, 1.0, true));
+
+    // An explicit attention factor is taken as is.
+    cfg["rope_scaling"]["attention_factor"] = 0.8.into();
+    let parsed = Config::from_hf_json(&cfg.to_string()).unwrap();
+    let Some(RopeScaling::Yarn(y)) = &parsed.rope_scaling else { panic!("{:?}", parsed.rope_scaling) };
+    assert_eq!(y.attention_factor, 0.8);
 }

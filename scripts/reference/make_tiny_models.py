@@ -32,12 +32,21 @@ writes two small models with random weights, saved by transformers'
                                       anything is written, so the engine's
                                       GGUF path can be held to transformers'
                                       numbers
+  tests/fixtures/tiny_models/{qwen2-yarn,llama-linear}.gguf
+                                      the same weights with YaRN (as
+                                      Qwen2.5's model card adds it) and
+                                      linear RoPE scaling in llama.cpp's
+                                      `rope.scaling` keys, checked the same
+                                      way
   tests/fixtures/tiny_models/reference.json
                                       per model and token sequence, at every
                                       position: argmax, max, logsumexp, the
                                       logits of a few probe ids, and the
                                       log-prob of the next token at τ=1 and
-                                      τ=0.7
+                                      τ=0.7; under `variants`, the same for
+                                      the base weights under other RoPE
+                                      scalings (YaRN with defaults, YaRN
+                                      with every parameter, linear)
 
 Each directory also holds a byte-level BPE `tokenizer.json` (256 byte tokens
 and the ChatML specials) and a `tokenizer_config.json` with a chat template,
@@ -125,9 +134,10 @@ def llama3_rope_factors(cfg):
 
 def write_gguf(path, arch, model, cfg):
     """The model in the layout llama.cpp reads, with convert_hf_to_gguf.py's
-    tensor names and transformations: Llama's
-    q/k rows permuted and its RoPE scaling as `rope_freqs`; 2-D weights in
-    the checkpoint's dtype (bf16 stays bf16), 1-D ones in f32."""
+    tensor names and transformations: Llama's q/k rows permuted, Llama 3
+    RoPE scaling as `rope_freqs`, linear and YaRN scaling as
+    `rope.scaling.*` keys; 2-D weights in the checkpoint's dtype (bf16
+    stays bf16), 1-D ones in f32."""
     w = gguf.GGUFWriter(path, arch)
     w.add_name(f"tiny-random-{arch}")
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -142,6 +152,14 @@ def write_gguf(path, arch, model, cfg):
     w.add_rope_dimension_count(head_dim)
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    rope_type = cfg.rope_parameters.get("rope_type", "default")
+    if rope_type == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(cfg.rope_parameters["factor"])
+    elif rope_type == "yarn":
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(cfg.rope_parameters["factor"])
+        w.add_rope_scaling_orig_ctx_len(cfg.rope_parameters["original_max_position_embeddings"])
     w.add_file_type(gguf.LlamaFileType.MOSTLY_BF16 if model.dtype == torch.bfloat16 else gguf.LlamaFileType.ALL_F32)
     w.add_vocab_size(cfg.vocab_size)
     # GPT-2's byte characters, the ChatML specials, one merge, then
@@ -174,7 +192,7 @@ def write_gguf(path, arch, model, cfg):
     add("token_embd.weight", sd["model.embed_tokens.weight"])
     add("output_norm.weight", sd["model.norm.weight"])
     add("output.weight", sd["lm_head.weight"])
-    if arch == "llama":
+    if rope_type == "llama3":
         w.add_tensor("rope_freqs.weight", llama3_rope_factors(cfg))
     names = {
         "input_layernorm": "attn_norm",
@@ -292,14 +310,22 @@ def build(name, config, cls, dtype, seed, weight_std):
     )
     spread = statistics(model, sequences["long"])
     print(f"{name}: logits std {spread:.2f}")
+    write_checked_gguf(name, name, out, cls, dtype, model, config, sequences.values())
+    return record
+
+
+def write_checked_gguf(name, arch, out, cls, dtype, model, config, sequences):
+    """Writes `{name}.gguf` from the directory `out` (weights in `dtype`)
+    and checks that llama.cpp's logits on it are transformers' (`model`,
+    f32) for every sequence."""
     path = os.path.join(OUT, f"{name}.gguf")
-    write_gguf(path, name, cls.from_pretrained(out, dtype=dtype).eval(), config)
+    write_gguf(path, arch, cls.from_pretrained(out, dtype=dtype).eval(), config)
     if dtype != torch.float32:
         # llama.cpp rounds activations to bf16 for bf16 weights (0.08 off
         # here), so the layout is checked on an f32 twin of the same values.
         path = os.path.join(OUT, f"{name}.f32-check.gguf")
-        write_gguf(path, name, model, config)
-    for ids in sequences.values():
+        write_gguf(path, arch, model, config)
+    for ids in sequences:
         with torch.no_grad():
             want = model(torch.tensor([ids])).logits[0]
         diff = float((llama_cpp_logits(path, ids, config.vocab_size) - want).abs().max())
@@ -307,6 +333,43 @@ def build(name, config, cls, dtype, seed, weight_std):
         assert diff < 1e-3, diff
     if path.endswith(".f32-check.gguf"):
         os.remove(path)
+
+
+def build_variant(name, base, cls, dtype, rope, records, with_gguf):
+    """The base model's weights under another RoPE scaling: the reference
+    logits of its directory with `rope_parameters` rewritten (the engine's
+    test makes the same directory from the base), and, for a scaling a GGUF
+    states in metadata, `{name}.gguf` checked with llama.cpp."""
+    src = os.path.join(OUT, base)
+    with open(os.path.join(src, "config.json")) as f:
+        cfg = json.load(f)
+    cfg["rope_parameters"] = {"rope_theta": cfg["rope_parameters"]["rope_theta"], **rope}
+    out = os.path.join(OUT, f".{name}.tmp")
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(src, out)
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    model = cls.from_pretrained(out, dtype=torch.float32).eval()
+    assert model.config.rope_parameters["rope_type"] == rope["rope_type"], model.config.rope_parameters
+    base_record = records[base]
+    probe_ids = base_record["probe_ids"]
+    record = {"base": base, "rope_parameters": cfg["rope_parameters"], "gguf": with_gguf, "sequences": []}
+    moved = 0.0
+    with torch.no_grad():
+        for seq in base_record["sequences"]:
+            logits = model(torch.tensor([seq["ids"]])).logits[0].float()
+            positions = summarise(logits, seq["ids"], probe_ids)
+            moved = max(
+                moved, max(abs(a["logsumexp"] - b["logsumexp"]) for a, b in zip(positions, seq["positions"]))
+            )
+            record["sequences"].append({"name": seq["name"], "ids": seq["ids"], "positions": positions})
+    # The scaling must show, or the test could not tell it was applied.
+    print(f"{name}: logsumexp moved by up to {moved:.2f} from {base}'s")
+    assert moved > 0.05, moved
+    if with_gguf:
+        ids = [seq["ids"] for seq in base_record["sequences"]]
+        write_checked_gguf(name, base, out, cls, dtype, model, model.config, ids)
+    shutil.rmtree(out)
     return record
 
 
@@ -354,6 +417,47 @@ def main():
     reference = {
         "qwen2": build("qwen2", qwen2, Qwen2ForCausalLM, torch.bfloat16, 11, 0.25),
         "llama": build("llama", llama, LlamaForCausalLM, torch.float32, 23, 0.25),
+    }
+    # Other RoPE scalings on the same weights: YaRN as Qwen2.5's model card
+    # adds it (factor and original context only; a GGUF states the same),
+    # YaRN with every parameter given, and linear interpolation.
+    reference["variants"] = {
+        "qwen2-yarn": build_variant(
+            "qwen2-yarn",
+            "qwen2",
+            Qwen2ForCausalLM,
+            torch.bfloat16,
+            {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64},
+            reference,
+            True,
+        ),
+        "llama-yarn": build_variant(
+            "llama-yarn",
+            "llama",
+            LlamaForCausalLM,
+            torch.float32,
+            {
+                "rope_type": "yarn",
+                "factor": 3.0,
+                "original_max_position_embeddings": 48,
+                "beta_fast": 16.0,
+                "beta_slow": 2.0,
+                "mscale": 1.5,
+                "mscale_all_dim": 0.5,
+                "truncate": False,
+            },
+            reference,
+            False,
+        ),
+        "llama-linear": build_variant(
+            "llama-linear",
+            "llama",
+            LlamaForCausalLM,
+            torch.float32,
+            {"rope_type": "linear", "factor": 2.5},
+            reference,
+            True,
+        ),
     }
     with open(os.path.join(OUT, "reference.json"), "w") as f:
         json.dump(reference, f, indent=1)
