@@ -47,6 +47,10 @@ pub enum Error {
     #[error("device: {0}")]
     Device(String),
 
+    /// The weights cannot fit in the memory left (see `memory`).
+    #[error("not enough memory: {0}")]
+    InsufficientMemory(String),
+
     #[error("cancelled")]
     Cancelled,
 

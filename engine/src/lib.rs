@@ -26,6 +26,8 @@
 //!   parsing, span finding and the reward with its parts, batched
 //!   ([`reward::score_batch`]).
 //! - [`device`]: CPU by default; `cuda` and `metal` cargo features.
+//! - [`memory`]: a model whose weights cannot fit in the memory left is
+//!   refused before loading, not killed by the kernel half-way.
 //!
 //! On CPU in f32 inference, attention (prefill: blocked causal softmax;
 //! decode: one fused pass per head) and the log-prob selection run as
@@ -46,6 +48,7 @@ pub mod gguf;
 mod kernels;
 pub mod load;
 pub mod logprobs;
+pub mod memory;
 pub mod model;
 mod quant;
 pub mod reward;

@@ -221,6 +221,7 @@ fn sha256_files(paths: &[PathBuf]) -> Result<String> {
 fn gguf_parts<'a>(path: &Path, mode: WeightMode, device: &Device) -> Result<Parts<'a>> {
     let mut gguf = GgufFile::open(path)?;
     let config = gguf.config()?;
+    check_memory(&config, mode, device)?;
     let tokenizer = Tokenizer::from_gguf(&gguf)?;
     let chat_template = match gguf.get_str("tokenizer.chat_template") {
         Ok(src) => Some(ChatTemplate::new(
@@ -240,6 +241,12 @@ fn gguf_parts<'a>(path: &Path, mode: WeightMode, device: &Device) -> Result<Part
     };
     let sha256 = sha256_files(&[path.to_path_buf()])?;
     Ok(Parts { config, tokenizer, chat_template, sha256, weights })
+}
+
+/// Refuses, before reading them, weights that cannot fit in main memory
+/// (a GPU's own memory is the device's to report).
+fn check_memory(config: &Config, mode: WeightMode, device: &Device) -> Result<()> {
+    if device.is_cpu() { crate::memory::check_fits(crate::memory::weight_bytes(config, mode), mode) } else { Ok(()) }
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
@@ -299,6 +306,7 @@ fn hf_parts<'a>(dir: &Path, mode: WeightMode, device: &Device) -> Result<Parts<'
     }
     let config_text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
     let config = Config::from_hf_json(&config_text)?;
+    check_memory(&config, mode, device)?;
 
     let weight_files = safetensors_files(dir)?;
 

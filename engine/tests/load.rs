@@ -80,6 +80,23 @@ fn unsupported_architecture_is_named() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[test]
+fn weights_larger_than_memory_are_refused_before_loading() {
+    // A Llama of 400 billion parameters (Llama 3.1 405B's shape): its
+    // config alone, no weight files. f32 would take 1.6 TB (1,512 GiB), more than any
+    // machine this runs on; the check comes before the weights are looked for.
+    let dir = common::fresh_dir("huge");
+    let config = serde_json::json!({
+        "model_type": "llama", "hidden_size": 16384, "intermediate_size": 53248, "num_hidden_layers": 126,
+        "num_attention_heads": 128, "num_key_value_heads": 8, "vocab_size": 128256,
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let err = load_model(&dir, WeightMode::F32, &Device::Cpu).unwrap_err();
+    assert!(matches!(err, Error::InsufficientMemory(_)), "{err}");
+    assert!(err.to_string().contains("f32 weights need at least 1511.9 GiB"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Writes the GGUF's weights as a Hugging Face directory.
 fn write_hf_dir(dir: &std::path::Path, model_type: &str, with_bias: bool) {
     let lm = common::f32_model();
