@@ -7,7 +7,7 @@ export SQLX_OFFLINE ?= true
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 RLT := $(TARGET_DIR)/release/rlt
 
-.PHONY: run test fuzz load bench bench-compare bench-peers build deps test-deps assets check fmt clippy sqlx-prepare
+.PHONY: run test fuzz load bench bench-compare bench-peers build deps test-deps assets check check-cuda fmt clippy sqlx-prepare
 
 ## Set up everything that is missing, then serve the app with demo data.
 run: deps assets build
@@ -48,6 +48,11 @@ fmt:
 
 clippy:
 	cargo clippy --release --workspace --all-targets -- -D warnings
+
+## Compile-check the `cuda` feature without a GPU (nvcc from PyPI; the first
+## run compiles candle's kernels, ~20 minutes on 2 cores).
+check-cuda:
+	scripts/check-cuda.sh
 
 ## Load test: 200 clients reading pages while a worker generates (p95 < 100 ms).
 load: deps assets build

@@ -3,6 +3,8 @@
 //! kernel part-way through loading, with no message, and takes the
 //! server's in-process worker (and so the server) with it.
 
+use std::path::Path;
+
 use crate::error::{Error, Result};
 use crate::load::WeightMode;
 use crate::model::Config;
@@ -62,25 +64,48 @@ fn check_fits_in(needed: u64, available: u64, mode: WeightMode) -> Result<()> {
 }
 
 /// Bytes this process can still allocate: the kernel's available memory
-/// plus free swap, or less where a cgroup (a container's memory limit)
-/// leaves less room. None where neither can be read (not Linux).
+/// plus free swap, or less where a cgroup (a container's or a service's
+/// memory limit) leaves less room. None where neither can be read (not
+/// Linux).
 pub fn available_bytes() -> Option<u64> {
-    let system = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| meminfo_available(&s));
-    let cgroup = cgroup_room(
-        std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok().as_deref(),
-        std::fs::read_to_string("/sys/fs/cgroup/memory.current").ok().as_deref(),
-    )
-    .or_else(|| {
-        // cgroup v1: no limit reads as a huge number.
-        cgroup_room(
-            std::fs::read_to_string("/sys/fs/cgroup/memory/memory.limit_in_bytes").ok().as_deref(),
-            std::fs::read_to_string("/sys/fs/cgroup/memory/memory.usage_in_bytes").ok().as_deref(),
-        )
-    });
+    let read = |p: &Path| std::fs::read_to_string(p).ok();
+    let system = read(Path::new("/proc/meminfo")).and_then(|s| meminfo_available(&s));
+    let cgroup = read(Path::new("/proc/self/cgroup")).and_then(|s| cgroup_room_of(&s, read));
     match (system, cgroup) {
         (Some(s), Some(c)) => Some(s.min(c)),
         (s, c) => s.or(c),
     }
+}
+
+/// The least room left under the memory limits of the cgroups listed in
+/// `/proc/self/cgroup` (`self_cgroup`) and their ancestors, where a limit
+/// may also sit: cgroup v2 (`0::/path`, mounted at /sys/fs/cgroup, or
+/// /sys/fs/cgroup/unified beside v1) and v1's memory controller.
+fn cgroup_room_of(self_cgroup: &str, read: impl Fn(&Path) -> Option<String>) -> Option<u64> {
+    let mut least: Option<u64> = None;
+    for line in self_cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        let (roots, limit, usage): (&[&str], _, _) = if controllers.is_empty() {
+            (&["/sys/fs/cgroup", "/sys/fs/cgroup/unified"], "memory.max", "memory.current")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            (&["/sys/fs/cgroup/memory"], "memory.limit_in_bytes", "memory.usage_in_bytes")
+        } else {
+            continue;
+        };
+        for root in roots {
+            let mut dir = Path::new(root).join(path.trim_start_matches('/'));
+            loop {
+                if let Some(room) = cgroup_room(read(&dir.join(limit)).as_deref(), read(&dir.join(usage)).as_deref()) {
+                    least = Some(least.map_or(room, |l| l.min(room)));
+                }
+                if dir == Path::new(root) || !dir.pop() {
+                    break;
+                }
+            }
+        }
+    }
+    least
 }
 
 /// `MemAvailable + SwapFree` of `/proc/meminfo`, in bytes.
@@ -119,6 +144,24 @@ mod tests {
         assert_eq!(cgroup_room(Some("1000\n"), Some("400\n")), Some(600));
         assert_eq!(cgroup_room(Some("1000\n"), Some("4000\n")), Some(0));
         assert_eq!(cgroup_room(None, Some("1")), None);
+
+        // A service's limit two levels up, v1 and v2 side by side.
+        let files: std::collections::HashMap<&str, &str> = [
+            ("/sys/fs/cgroup/unified/system.slice/memory.max", "8000\n"),
+            ("/sys/fs/cgroup/unified/system.slice/memory.current", "3000\n"),
+            ("/sys/fs/cgroup/unified/system.slice/rlt.service/memory.max", "max\n"),
+            ("/sys/fs/cgroup/unified/system.slice/rlt.service/memory.current", "1000\n"),
+            ("/sys/fs/cgroup/memory/box/memory.limit_in_bytes", "6000\n"),
+            ("/sys/fs/cgroup/memory/box/memory.usage_in_bytes", "2000\n"),
+            ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "9223372036854771712\n"),
+            ("/sys/fs/cgroup/memory/memory.usage_in_bytes", "5000\n"),
+        ]
+        .into_iter()
+        .collect();
+        let read = |p: &Path| files.get(p.to_str().unwrap()).map(|s| s.to_string());
+        assert_eq!(cgroup_room_of("0::/system.slice/rlt.service\n", read), Some(5000));
+        assert_eq!(cgroup_room_of("4:memory:/box\n0::/system.slice/rlt.service\n", read), Some(4000));
+        assert_eq!(cgroup_room_of("4:memory:/\n1:cpu:/box\n", read), None);
         // This machine: something sensible.
         if cfg!(target_os = "linux") {
             assert!(available_bytes().is_some_and(|b| b > 0));
