@@ -155,6 +155,9 @@ impl GgufFile {
         match (kind, factor) {
             (Some("none") | Some("linear") | None, None) | (Some("none"), Some(_)) => Ok(None),
             (Some("linear") | None, Some((_, f))) if f == 0.0 || f == 1.0 => Ok(None),
+            (Some("linear") | Some("yarn") | None, Some((k, f))) if !(f.is_finite() && f > 0.0) => {
+                Err(Error::metadata(k, format!("a RoPE scaling factor must be a number > 0, got {f}")))
+            }
             (Some("linear") | None, Some((_, factor))) => Ok(Some(RopeScaling::Linear { factor })),
             (Some("yarn"), Some((_, factor))) => {
                 let set = [
