@@ -16,11 +16,15 @@ PYTHON="${PYTHON:-python3}"
 TOOLKIT="$DATA_DIR/cuda-toolkit"
 CUDA="$TOOLKIT/nvidia/cu13"
 # CUDA 13.4 is the newest cudarc 0.19 knows (CUDARC_CUDA_VERSION below).
+# CCCL (Thrust/CUB headers) ships its own version numbers; 13.3.5 is the
+# newest on PyPI, and candle's kernels only need its common headers.
 WHEELS=(nvidia-cuda-nvcc==13.4.92 nvidia-nvvm==13.4.92 nvidia-cuda-crt==13.4.92
     nvidia-cuda-runtime==13.4.92 nvidia-cuda-cccl==13.3.5.0.6)
 
-if [ ! -x "$CUDA/bin/nvcc" ] || [ ! -x "$CUDA/nvvm/bin/cicc" ]; then
+# A toolkit unpacked from another list of wheels is replaced whole.
+if [ "$(cat "$TOOLKIT/wheels.txt" 2>/dev/null)" != "${WHEELS[*]}" ]; then
     echo "fetching nvcc and the CUDA headers from PyPI into $TOOLKIT" >&2
+    rm -rf "$TOOLKIT"
     mkdir -p "$TOOLKIT/wheels"
     "$PYTHON" -m pip download --quiet --no-deps --dest "$TOOLKIT/wheels" "${WHEELS[@]}"
     for wheel in "$TOOLKIT"/wheels/*.whl; do
@@ -28,6 +32,7 @@ if [ ! -x "$CUDA/bin/nvcc" ] || [ ! -x "$CUDA/nvvm/bin/cicc" ]; then
     done
     # Wheels do not keep the executable bit.
     chmod +x "$CUDA"/bin/* "$CUDA"/nvvm/bin/*
+    echo "${WHEELS[*]}" > "$TOOLKIT/wheels.txt"
 fi
 
 export PATH="$CUDA/bin:$PATH" CUDA_HOME="$CUDA"

@@ -95,8 +95,8 @@ impl GgufFile {
             .ok_or_else(|| Error::metadata("token_embd.weight", "tensor missing"))?;
         // GGUF lists dims innermost first: [hidden, vocab].
         let vocab_size = *embed.shape.dims().first().ok_or_else(|| Error::metadata("token_embd.weight", "no dims"))?;
-        let rope_scaling = self.rope_scaling(a)?;
         let context = self.get_usize(&key("context_length"))?;
+        let rope_scaling = self.rope_scaling(a, context)?;
         if let Ok(dims) = self.get_usize(&key("rope.dimension_count"))
             && dims != head_dim
         {
@@ -138,20 +138,66 @@ impl GgufFile {
         Ok(cfg)
     }
 
-    /// The RoPE scaling llama.cpp applies from metadata. Like llama.cpp, a
-    /// file with a factor and no type means linear scaling, and a factor of
-    /// 0 or 1 means none. YaRN is read with llama.cpp's defaults (which are
-    /// transformers'); a file that sets its other parameters is refused.
-    fn rope_scaling(&self, arch: &str) -> Result<Option<RopeScaling>> {
-        let type_key = format!("{arch}.rope.scaling.type");
+    /// The RoPE scaling llama.cpp applies from metadata (`context` is the
+    /// file's context length). As in llama.cpp, the factor is
+    /// `rope.scaling.factor`, or `rope.scale_linear` where that is absent or
+    /// 0; a factor without a type means linear scaling, and 0 or 1 none.
+    /// YaRN takes its original context from the file (default: the
+    /// context). llama.cpp's converter also writes a config's β, but
+    /// llama.cpp (0.3.36's, checked) runs with β 32 and 1 whatever the
+    /// file says, so other values, and llama.cpp's own YaRN knobs
+    /// (extrapolation mix, attention factors, log multiplier), are refused
+    /// rather than run one way or the other.
+    fn rope_scaling(&self, arch: &str, context: usize) -> Result<Option<RopeScaling>> {
+        let key = |k: &str| format!("{arch}.rope.{k}");
+        let type_key = key("scaling.type");
         let kind = match self.content.metadata.get(&type_key) {
             None => None,
             Some(Value::String(s)) => Some(s.as_str()),
             Some(other) => return Err(Error::metadata(type_key, format!("not a string: {other:?}"))),
         };
-        let factor = [format!("{arch}.rope.scaling.factor"), format!("{arch}.rope.scale_linear")]
-            .iter()
-            .find_map(|k| self.get_f64(k).ok().map(|f| (k.clone(), f)));
+        let number = |k: &str| -> Result<Option<(String, f64)>> {
+            match self.content.metadata.contains_key(k) {
+                true => Ok(Some((k.to_string(), self.get_f64(k)?))),
+                false => Ok(None),
+            }
+        };
+        let factor = match number(&key("scaling.factor"))? {
+            Some((_, 0.0)) => number(&key("scale_linear"))?,
+            None => number(&key("scale_linear"))?,
+            given => given,
+        };
+        let yarn = |factor: f64| -> Result<RopeScaling> {
+            let set = ["yarn_ext_factor", "yarn_attn_factor", "yarn_log_multiplier", "attn_factor"]
+                .map(|k| key(&format!("scaling.{k}")))
+                .into_iter()
+                .find(|k| self.content.metadata.contains_key(k));
+            if let Some(k) = set {
+                return Err(Error::metadata(k, "this YaRN parameter is not supported"));
+            }
+            let original_key = key("scaling.original_context_length");
+            let y = YarnRopeScaling::new(
+                factor,
+                match self.content.metadata.contains_key(&original_key) {
+                    true => self.get_usize(&original_key)?,
+                    false => context,
+                },
+            );
+            if y.original_max_position_embeddings == 0 {
+                return Err(Error::metadata(original_key, "must be > 0"));
+            }
+            for (k, default) in [("scaling.yarn_beta_fast", y.beta_fast), ("scaling.yarn_beta_slow", y.beta_slow)] {
+                if let Some((k, b)) = number(&key(k))?
+                    && b != default
+                {
+                    return Err(Error::metadata(
+                        k,
+                        format!("YaRN β other than llama.cpp's {default} is not supported, got {b}"),
+                    ));
+                }
+            }
+            Ok(RopeScaling::Yarn(y))
+        };
         match (kind, factor) {
             (Some("none") | Some("linear") | None, None) | (Some("none"), Some(_)) => Ok(None),
             (Some("linear") | None, Some((_, f))) if f == 0.0 || f == 1.0 => Ok(None),
@@ -159,30 +205,8 @@ impl GgufFile {
                 Err(Error::metadata(k, format!("a RoPE scaling factor must be a number > 0, got {f}")))
             }
             (Some("linear") | None, Some((_, factor))) => Ok(Some(RopeScaling::Linear { factor })),
-            (Some("yarn"), Some((_, factor))) => {
-                let set = [
-                    "yarn_ext_factor",
-                    "yarn_attn_factor",
-                    "yarn_beta_fast",
-                    "yarn_beta_slow",
-                    "yarn_log_multiplier",
-                    "attn_factor",
-                ]
-                .map(|k| format!("{arch}.rope.scaling.{k}"))
-                .into_iter()
-                .find(|k| self.content.metadata.contains_key(k));
-                if let Some(k) = set {
-                    return Err(Error::metadata(
-                        k,
-                        "YaRN parameters other than the factor and the original context are not supported",
-                    ));
-                }
-                let original = self.get_usize(&format!("{arch}.rope.scaling.original_context_length"))?;
-                Ok(Some(RopeScaling::Yarn(YarnRopeScaling::new(factor, original))))
-            }
-            (Some("yarn"), None) => {
-                Err(Error::metadata(format!("{arch}.rope.scaling.factor"), "YaRN scaling without a factor"))
-            }
+            (Some("yarn"), Some((_, factor))) => yarn(factor).map(Some),
+            (Some("yarn"), None) => Err(Error::metadata(key("scaling.factor"), "YaRN scaling without a factor")),
             (Some(other), _) => Err(Error::metadata(type_key, format!("RoPE scaling `{other}` is not supported"))),
         }
     }

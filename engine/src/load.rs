@@ -246,7 +246,7 @@ fn gguf_parts<'a>(path: &Path, mode: WeightMode, device: &Device) -> Result<Part
 /// Refuses, before reading them, weights that cannot fit in main memory
 /// (a GPU's own memory is the device's to report).
 fn check_memory(config: &Config, mode: WeightMode, device: &Device) -> Result<()> {
-    if device.is_cpu() { crate::memory::check_fits(crate::memory::weight_bytes(config, mode), mode) } else { Ok(()) }
+    if device.is_cpu() { crate::memory::check_fits(crate::memory::model_bytes(config, mode), mode) } else { Ok(()) }
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {

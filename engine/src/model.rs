@@ -56,6 +56,9 @@ impl Architecture {
     }
 }
 
+/// The longest context the engine accepts: 2^24 positions.
+pub const MAX_CONTEXT: usize = 1 << 24;
+
 /// RoPE frequency scaling, as transformers computes each `rope_type`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "rope_type", rename_all = "lowercase")]
@@ -136,7 +139,9 @@ fn yarn_mscale(scale: f64, mscale: f64) -> f64 {
 #[derive(Deserialize)]
 struct HfYarn {
     factor: Option<f64>,
-    original_max_position_embeddings: usize,
+    /// transformers (standardize_rope_params) and llama.cpp default it to
+    /// the config's context.
+    original_max_position_embeddings: Option<usize>,
     beta_fast: Option<f64>,
     beta_slow: Option<f64>,
     attention_factor: Option<f64>,
@@ -149,8 +154,8 @@ impl HfYarn {
     /// transformers' `_compute_yarn_parameters`: a missing factor is the
     /// context's growth, and zero β or mscale counts as absent.
     fn resolve(self, max_position_embeddings: usize) -> YarnRopeScaling {
-        let factor =
-            self.factor.unwrap_or(max_position_embeddings as f64 / self.original_max_position_embeddings.max(1) as f64);
+        let original = self.original_max_position_embeddings.unwrap_or(max_position_embeddings);
+        let factor = self.factor.unwrap_or(max_position_embeddings as f64 / original.max(1) as f64);
         let given = |x: Option<f64>| x.filter(|v| *v != 0.0);
         let attention_factor =
             self.attention_factor.unwrap_or_else(|| match (given(self.mscale), given(self.mscale_all_dim)) {
@@ -159,7 +164,7 @@ impl HfYarn {
             });
         YarnRopeScaling {
             factor,
-            original_max_position_embeddings: self.original_max_position_embeddings,
+            original_max_position_embeddings: original,
             beta_fast: given(self.beta_fast).unwrap_or(32.0),
             beta_slow: given(self.beta_slow).unwrap_or(1.0),
             attention_factor,
@@ -169,49 +174,57 @@ impl HfYarn {
 }
 
 impl RopeScaling {
-    /// The context a scaled model accepts, as vLLM derives it: YaRN's
-    /// original context times its factor, a linear factor times the
-    /// config's context (never less than the config says).
+    /// The context a scaled model accepts. YaRN's is its original context
+    /// times its factor, as vLLM derives it: Qwen2.5's model card adds
+    /// YaRN to a config that keeps the original context as
+    /// `max_position_embeddings`. Linear and Llama 3 configs state the
+    /// extended context themselves (deepseek-coder: 16,384 with a linear
+    /// factor of 4), as transformers and llama.cpp take it.
     pub(crate) fn context(&self, max_position_embeddings: usize) -> usize {
-        let grown = match self {
-            Self::Linear { factor } => max_position_embeddings as f64 * factor,
-            Self::Yarn(y) => y.original_max_position_embeddings as f64 * y.factor,
-            Self::Llama3(_) => return max_position_embeddings,
-        };
-        if grown.is_finite() { max_position_embeddings.max(grown as usize) } else { max_position_embeddings }
+        match self {
+            Self::Yarn(y) => {
+                let grown = y.original_max_position_embeddings as f64 * y.factor;
+                // Past usize (a garbage factor), validation refuses the context.
+                if grown.is_finite() { max_position_embeddings.max(grown as usize) } else { usize::MAX }
+            }
+            Self::Linear { .. } | Self::Llama3(_) => max_position_embeddings,
+        }
     }
 
-    fn validate(&self) -> Result<()> {
-        let bad = |reason: String| Err(Error::metadata("rope_scaling", reason));
-        let positive = |x: f64| x.is_finite() && x > 0.0;
+    /// Checks the parameters, naming `key` (where the config keeps them).
+    pub(crate) fn validate(&self, key: &str) -> Result<()> {
+        let positive = |name: &str, x: f64| {
+            if x.is_finite() && x > 0.0 {
+                Ok(())
+            } else {
+                Err(Error::metadata(key, format!("{name} must be a number > 0, got {x}")))
+            }
+        };
         match self {
-            Self::Linear { factor } if !positive(*factor) => {
-                bad(format!("linear scaling needs factor > 0, got {factor}"))
+            Self::Linear { factor } => positive("factor", *factor),
+            Self::Llama3(s) => {
+                positive("factor", s.factor)?;
+                positive("low_freq_factor", s.low_freq_factor)?;
+                positive("original_max_position_embeddings", s.original_max_position_embeddings as f64)?;
+                if s.high_freq_factor > s.low_freq_factor {
+                    Ok(())
+                } else {
+                    Err(Error::metadata(
+                        key,
+                        format!(
+                            "llama3 scaling needs high_freq_factor > low_freq_factor, got {} and {}",
+                            s.high_freq_factor, s.low_freq_factor
+                        ),
+                    ))
+                }
             }
-            Self::Llama3(s)
-                if !(positive(s.factor)
-                    && s.low_freq_factor > 0.0
-                    && s.high_freq_factor > s.low_freq_factor
-                    && s.original_max_position_embeddings > 0) =>
-            {
-                bad(format!(
-                    "llama3 scaling needs factor > 0 and 0 < low_freq_factor < high_freq_factor, got {} / {} / {}",
-                    s.factor, s.low_freq_factor, s.high_freq_factor
-                ))
+            Self::Yarn(y) => {
+                positive("factor", y.factor)?;
+                positive("original_max_position_embeddings", y.original_max_position_embeddings as f64)?;
+                positive("beta_fast", y.beta_fast)?;
+                positive("beta_slow", y.beta_slow)?;
+                positive("attention_factor", y.attention_factor)
             }
-            Self::Yarn(y)
-                if !(positive(y.factor)
-                    && y.original_max_position_embeddings > 0
-                    && positive(y.beta_fast)
-                    && positive(y.beta_slow)
-                    && positive(y.attention_factor)) =>
-            {
-                bad(format!(
-                    "yarn scaling needs factor, β and attention factor > 0 and an original context, got factor {}, β {} and {}, attention factor {}, original context {}",
-                    y.factor, y.beta_fast, y.beta_slow, y.attention_factor, y.original_max_position_embeddings
-                ))
-            }
-            _ => Ok(()),
         }
     }
 }
@@ -382,6 +395,11 @@ impl Config {
                         })?;
                         Some(RopeScaling::Linear { factor })
                     }
+                    // transformers requires the key, and reads null as "the
+                    // context's growth".
+                    "yarn" if v.get("factor").is_none() => {
+                        return unsupported(rope_key, "yarn scaling needs a `factor`".into());
+                    }
                     "yarn" => {
                         let yarn: HfYarn = serde_json::from_value(v.clone()).map_err(parse_err)?;
                         Some(RopeScaling::Yarn(yarn.resolve(hf.max_position_embeddings)))
@@ -392,6 +410,9 @@ impl Config {
                 }
             }
         };
+        if let Some(s) = &rope_scaling {
+            s.validate(&format!("config.json {rope_key}"))?;
+        }
         let cfg = Config {
             architecture,
             vocab_size: hf.vocab_size,
@@ -448,7 +469,18 @@ impl Config {
             }
         }
         if let Some(s) = &self.rope_scaling {
-            s.validate()?;
+            s.validate("rope_scaling")?;
+        }
+        // The RoPE tables hold every position: a garbage scaling factor must
+        // not ask for more than any model has (Qwen2.5-1M: about 1M).
+        if self.max_position_embeddings > MAX_CONTEXT {
+            return Err(Error::metadata(
+                "max_position_embeddings",
+                format!(
+                    "a context of {} positions is beyond the {MAX_CONTEXT} the engine supports",
+                    self.max_position_embeddings
+                ),
+            ));
         }
         Ok(())
     }
@@ -725,7 +757,8 @@ impl RotaryEmbedding {
         let half = cfg.head_dim / 2;
         let mut inv_freq: Vec<f64> =
             (0..half).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim as f64)).collect();
-        // cos and sin are multiplied by this (YaRN's attention factor).
+        // YaRN's attention factor. transformers folds it into cos and sin,
+        // so q and k each carry it and the attention logits its square.
         let mut scale = 1.0f32;
         match &cfg.rope_scaling {
             None => {}

@@ -235,23 +235,59 @@ fn gguf_settings_the_decoder_cannot_run_are_refused() {
     let cases: Vec<Case> = vec![
         ("longrope", vec![kind("longrope")], vec![], Some("llama.rope.scaling.type")),
         ("yarn_no_factor", vec![kind("yarn")], vec![], Some("llama.rope.scaling.factor")),
+        // The original context defaults to the file's, as in llama.cpp.
         (
             "yarn_no_context",
             vec![kind("yarn"), factor("llama.rope.scaling.factor", 4.0)],
-            vec![],
-            Some("llama.rope.scaling.original_context_length"),
+            vec![("rope_freqs.weight", None)],
+            None,
         ),
-        // llama.cpp's YaRN knobs beyond transformers' defaults.
+        // llama.cpp's own YaRN knobs, which transformers lacks.
         (
-            "yarn_beta",
+            "yarn_ext",
             vec![
                 kind("yarn"),
                 factor("llama.rope.scaling.factor", 4.0),
-                ("llama.rope.scaling.original_context_length".into(), Some(Value::U32(64))),
-                factor("llama.rope.scaling.yarn_beta_fast", 16.0),
+                factor("llama.rope.scaling.yarn_ext_factor", 0.5),
             ],
             vec![],
-            Some("llama.rope.scaling.yarn_beta_fast"),
+            Some("llama.rope.scaling.yarn_ext_factor"),
+        ),
+        // β as the converter writes them: at llama.cpp's values they load,
+        // others are refused (llama.cpp would ignore them).
+        (
+            "yarn_betas",
+            vec![
+                kind("yarn"),
+                factor("llama.rope.scaling.factor", 4.0),
+                factor("llama.rope.scaling.yarn_beta_fast", 32.0),
+                factor("llama.rope.scaling.yarn_beta_slow", 1.0),
+            ],
+            vec![("rope_freqs.weight", None)],
+            None,
+        ),
+        (
+            "yarn_beta_other",
+            vec![
+                kind("yarn"),
+                factor("llama.rope.scaling.factor", 4.0),
+                factor("llama.rope.scaling.yarn_beta_slow", 2.0),
+            ],
+            vec![],
+            Some("llama.rope.scaling.yarn_beta_slow"),
+        ),
+        // As llama.cpp: a zero factor falls back to the older key.
+        (
+            "zero_then_linear",
+            vec![factor("llama.rope.scaling.factor", 0.0), factor("llama.rope.scale_linear", 2.0)],
+            vec![],
+            Some("rope_freqs.weight"),
+        ),
+        (
+            "factor_type",
+            vec![("llama.rope.scaling.factor".into(), Some(Value::String("2".into())))],
+            vec![],
+            Some("llama.rope.scaling.factor"),
         ),
         (
             "yarn",
@@ -335,14 +371,14 @@ fn with_config(name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf
 fn linear_and_yarn_rope_scaling_match_transformers() {
     // (variant, architecture, the context it then accepts)
     let cases = [
-        // YaRN as Qwen2.5's model card adds it: 64 × 4 is below the
-        // config's 512, which stays.
-        ("qwen2-yarn", Architecture::Qwen2, 512),
+        // YaRN as Qwen2.5's model card adds it: factor 4 on the config's own
+        // context, which grows to 512 × 4.
+        ("qwen2-yarn", Architecture::Qwen2, 2048),
         // Every YaRN parameter given (mscale over mscale_all_dim, no
-        // rounding of the ramp): 48 × 3 < 512.
+        // rounding of the ramp): 48 × 3 < 512, which stays.
         ("llama-yarn", Architecture::Llama, 512),
-        // 512 × 2.5, as vLLM derives it.
-        ("llama-linear", Architecture::Llama, 1280),
+        // A linear config states its extended context itself.
+        ("llama-linear", Architecture::Llama, 512),
     ];
     for (name, arch, context) in cases {
         let (v, fx) = variant(name);
@@ -401,8 +437,13 @@ fn configs_the_decoder_cannot_run_are_refused() {
         ("llama", |c| c["rope_parameters"]["rope_type"] = "dynamic".into(), Some("rope_parameters")),
         // A legacy rope_scaling wins over rope_parameters, as in transformers 5.
         ("llama", |c| c["rope_scaling"] = serde_json::json!({"type": "longrope", "factor": 4.0}), Some("rope_scaling")),
-        ("llama", |c| c["rope_parameters"]["high_freq_factor"] = 1.0.into(), Some("rope_scaling")),
-        ("llama", |c| c["rope_scaling"] = serde_json::json!({"type": "yarn", "factor": 4.0}), Some("rope_scaling")),
+        ("llama", |c| c["rope_parameters"]["high_freq_factor"] = 1.0.into(), Some("rope_parameters")),
+        // transformers requires a YaRN factor.
+        (
+            "llama",
+            |c| c["rope_scaling"] = serde_json::json!({"type": "yarn", "original_max_position_embeddings": 64}),
+            Some("rope_scaling"),
+        ),
         (
             "llama",
             |c| {
@@ -493,4 +534,21 @@ fn yarn_as_qwen2_5_model_card_adds_it_grows_the_context() {
     let parsed = Config::from_hf_json(&cfg.to_string()).unwrap();
     let Some(RopeScaling::Yarn(y)) = &parsed.rope_scaling else { panic!("{:?}", parsed.rope_scaling) };
     assert_eq!(y.attention_factor, 0.8);
+
+    // Without an original context, transformers takes the config's; a null
+    // factor is the context's growth over it (here 1: no scaling at all).
+    cfg["rope_scaling"] = serde_json::json!({"type": "yarn", "factor": 4.0});
+    let parsed = Config::from_hf_json(&cfg.to_string()).unwrap();
+    let Some(RopeScaling::Yarn(y)) = &parsed.rope_scaling else { panic!("{:?}", parsed.rope_scaling) };
+    assert_eq!((y.original_max_position_embeddings, parsed.max_position_embeddings), (32768, 131072));
+    cfg["rope_scaling"] = serde_json::json!({"type": "yarn", "factor": null, "original_max_position_embeddings": 8192});
+    let parsed = Config::from_hf_json(&cfg.to_string()).unwrap();
+    let Some(RopeScaling::Yarn(y)) = &parsed.rope_scaling else { panic!("{:?}", parsed.rope_scaling) };
+    assert_eq!((y.factor, y.attention_factor, parsed.max_position_embeddings), (4.0, 1.0 + 0.1 * 4f64.ln(), 32768));
+
+    // A garbage factor cannot ask for tables of every position up to it.
+    cfg["rope_scaling"] =
+        serde_json::json!({"type": "yarn", "factor": 1e12, "original_max_position_embeddings": 32768});
+    let e = Config::from_hf_json(&cfg.to_string()).unwrap_err().to_string();
+    assert!(e.contains("`max_position_embeddings`") && e.contains("beyond"), "{e}");
 }

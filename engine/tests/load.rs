@@ -80,6 +80,8 @@ fn unsupported_architecture_is_named() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+// Elsewhere the memory left cannot be read and nothing is refused.
+#[cfg(target_os = "linux")]
 #[test]
 fn weights_larger_than_memory_are_refused_before_loading() {
     // A Llama of 400 billion parameters (Llama 3.1 405B's shape): its
@@ -93,7 +95,7 @@ fn weights_larger_than_memory_are_refused_before_loading() {
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     let err = load_model(&dir, WeightMode::F32, &Device::Cpu).unwrap_err();
     assert!(matches!(err, Error::InsufficientMemory(_)), "{err}");
-    assert!(err.to_string().contains("f32 weights need at least 1511.9 GiB"), "{err}");
+    assert!(err.to_string().contains("at least 1511.9 GiB with f32 weights"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -160,6 +160,11 @@ def write_gguf(path, arch, model, cfg):
         w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
         w.add_rope_scaling_factor(cfg.rope_parameters["factor"])
         w.add_rope_scaling_orig_ctx_len(cfg.rope_parameters["original_max_position_embeddings"])
+        # As convert_hf_to_gguf.py writes them when the config states them.
+        if "beta_fast" in cfg.rope_parameters:
+            w.add_rope_scaling_yarn_beta_fast(cfg.rope_parameters["beta_fast"])
+        if "beta_slow" in cfg.rope_parameters:
+            w.add_rope_scaling_yarn_beta_slow(cfg.rope_parameters["beta_slow"])
     w.add_file_type(gguf.LlamaFileType.MOSTLY_BF16 if model.dtype == torch.bfloat16 else gguf.LlamaFileType.ALL_F32)
     w.add_vocab_size(cfg.vocab_size)
     # GPT-2's byte characters, the ChatML specials, one merge, then
@@ -338,8 +343,9 @@ def write_checked_gguf(name, arch, out, cls, dtype, model, config, sequences):
 def build_variant(name, base, cls, dtype, rope, records, with_gguf):
     """The base model's weights under another RoPE scaling: the reference
     logits of its directory with `rope_parameters` rewritten (the engine's
-    test makes the same directory from the base), and, for a scaling a GGUF
-    states in metadata, `{name}.gguf` checked with llama.cpp."""
+    test makes the same directory from the base). For a scaling a GGUF
+    states in metadata (`with_gguf`), `{name}.gguf` too, checked with
+    llama.cpp."""
     src = os.path.join(OUT, base)
     with open(os.path.join(src, "config.json")) as f:
         cfg = json.load(f)
@@ -366,6 +372,17 @@ def build_variant(name, base, cls, dtype, rope, records, with_gguf):
     # The scaling must show, or the test could not tell it was applied.
     print(f"{name}: logsumexp moved by up to {moved:.2f} from {base}'s")
     assert moved > 0.05, moved
+    if "beta_fast" in rope:
+        # So must the β: the ramp's ends move with them.
+        plain = {k: v for k, v in cfg["rope_parameters"].items() if not k.startswith("beta")}
+        config = type(model.config).from_dict({**model.config.to_dict(), "rope_parameters": plain})
+        other = cls(config).eval()
+        other.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            ids = torch.tensor([base_record["sequences"][1]["ids"]])
+            beta_moved = float((other(ids).logits - model(ids).logits).abs().max())
+        print(f"{name}: the β move logits by up to {beta_moved:.2f}")
+        assert beta_moved > 0.05, beta_moved
     if with_gguf:
         ids = [seq["ids"] for seq in base_record["sequences"]]
         write_checked_gguf(name, base, out, cls, dtype, model, model.config, ids)
@@ -419,15 +436,16 @@ def main():
         "llama": build("llama", llama, LlamaForCausalLM, torch.float32, 23, 0.25),
     }
     # Other RoPE scalings on the same weights: YaRN as Qwen2.5's model card
-    # adds it (factor and original context only; a GGUF states the same),
-    # YaRN with every parameter given, and linear interpolation.
+    # adds it (factor 4 on the config's own context; a GGUF states the
+    # same), YaRN with every parameter given (llama.cpp ignores β written
+    # to a GGUF, so that one has no GGUF), and linear interpolation.
     reference["variants"] = {
         "qwen2-yarn": build_variant(
             "qwen2-yarn",
             "qwen2",
             Qwen2ForCausalLM,
             torch.bfloat16,
-            {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64},
+            {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 512},
             reference,
             True,
         ),

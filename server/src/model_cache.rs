@@ -39,7 +39,14 @@ impl ModelCache {
         // Loaded outside the lock, so a slow load does not block other models;
         // two threads may load the same model once each, harmlessly.
         let device = rlt_engine::device::parse_device(device)?;
-        let model = Arc::new(load_model(path, mode, &device)?);
+        let model = match load_model(path, mode, &device) {
+            // The cached models count as used memory: make room, once.
+            Err(rlt_engine::Error::InsufficientMemory(_)) if self.evict_unused() > 0 => {
+                load_model(path, mode, &device)?
+            }
+            other => other?,
+        };
+        let model = Arc::new(model);
         let mut entries = self.entries.lock().expect("model cache lock");
         if !entries.iter().any(|(k, _)| *k == key) {
             entries.push((key, model.clone()));
@@ -48,5 +55,34 @@ impl ModelCache {
             }
         }
         Ok(model)
+    }
+
+    /// Drops the cached models no job or request holds (their memory is
+    /// freed now; the others stay until their users finish); returns how
+    /// many.
+    fn evict_unused(&self) -> usize {
+        let mut entries = self.entries.lock().expect("model cache lock");
+        let before = entries.len();
+        entries.retain(|(_, model)| Arc::strong_count(model) > 1);
+        before - entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eviction_keeps_models_in_use() {
+        let cache = ModelCache { entries: Mutex::new(Vec::new()) };
+        let data =
+            std::env::var("RLT_DATA_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../data").into());
+        let path = Path::new(&data).join(crate::models::DEFAULT_FILE);
+        let held = cache.get(&path, WeightMode::Quantized, "cpu").unwrap();
+        drop(cache.get(&path, WeightMode::F32, "cpu").unwrap());
+        assert_eq!(cache.evict_unused(), 1);
+        let entries = cache.entries.lock().unwrap();
+        assert_eq!(entries.len(), 1);
+        assert!(Arc::ptr_eq(&entries[0].1, &held));
     }
 }
