@@ -3,8 +3,8 @@
 # a GPU or a CUDA toolkit. candle's CUDA kernels are compiled to PTX by nvcc
 # at build time, so a plain `cargo check --features cuda` needs one: this
 # takes NVIDIA's compiler and headers from their PyPI wheels into the data
-# directory (once, ~100 MB) and points the build at them. Nothing runs on a
-# GPU; that needs one (README, "GPU machines").
+# directory (once: ~120 MB of wheels, ~340 MB unpacked) and points the build
+# at them. Nothing runs on a GPU; that needs one (README, "GPU machines").
 #
 # The first run compiles candle's kernels (~20 minutes on 2 cores); later
 # runs reuse the target directory.
@@ -32,6 +32,7 @@ if [ "$(cat "$TOOLKIT/wheels.txt" 2>/dev/null)" != "${WHEELS[*]}" ]; then
     done
     # Wheels do not keep the executable bit.
     chmod +x "$CUDA"/bin/* "$CUDA"/nvvm/bin/*
+    rm -rf "$TOOLKIT/wheels"
     echo "${WHEELS[*]}" > "$TOOLKIT/wheels.txt"
 fi
 
