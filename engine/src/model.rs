@@ -139,9 +139,7 @@ fn yarn_mscale(scale: f64, mscale: f64) -> f64 {
 #[derive(Deserialize)]
 struct HfYarn {
     factor: Option<f64>,
-    /// transformers (standardize_rope_params) and llama.cpp default it to
-    /// the config's context.
-    original_max_position_embeddings: Option<usize>,
+    original_max_position_embeddings: usize,
     beta_fast: Option<f64>,
     beta_slow: Option<f64>,
     attention_factor: Option<f64>,
@@ -154,7 +152,7 @@ impl HfYarn {
     /// transformers' `_compute_yarn_parameters`: a missing factor is the
     /// context's growth, and zero β or mscale counts as absent.
     fn resolve(self, max_position_embeddings: usize) -> YarnRopeScaling {
-        let original = self.original_max_position_embeddings.unwrap_or(max_position_embeddings);
+        let original = self.original_max_position_embeddings;
         let factor = self.factor.unwrap_or(max_position_embeddings as f64 / original.max(1) as f64);
         let given = |x: Option<f64>| x.filter(|v| *v != 0.0);
         let attention_factor =
@@ -279,6 +277,9 @@ struct HfConfig {
     rope_theta: f64,
     #[serde(default = "default_max_pos")]
     max_position_embeddings: usize,
+    /// Phi-3 style: the pretraining context beside the RoPE settings.
+    #[serde(default)]
+    original_max_position_embeddings: Option<usize>,
     #[serde(default)]
     tie_word_embeddings: bool,
     #[serde(default)]
@@ -385,6 +386,18 @@ impl Config {
             None => None,
             Some(v) => {
                 let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(|k| k.as_str()).unwrap_or("default");
+                // transformers' standardize_rope_params: the scalings that
+                // read a pretraining context take the config's top-level one
+                // first, then their own, then the config's context.
+                let mut v = v.clone();
+                if let (true, Some(map)) = (matches!(kind, "llama3" | "yarn"), v.as_object_mut()) {
+                    let key = "original_max_position_embeddings".to_string();
+                    if let Some(top) = hf.original_max_position_embeddings {
+                        map.insert(key, top.into());
+                    } else {
+                        map.entry(key).or_insert(hf.max_position_embeddings.into());
+                    }
+                }
                 let parse_err =
                     |e: serde_json::Error| Error::metadata(format!("config.json {rope_key}"), e.to_string());
                 match kind {

@@ -546,6 +546,20 @@ fn yarn_as_qwen2_5_model_card_adds_it_grows_the_context() {
     let Some(RopeScaling::Yarn(y)) = &parsed.rope_scaling else { panic!("{:?}", parsed.rope_scaling) };
     assert_eq!((y.factor, y.attention_factor, parsed.max_position_embeddings), (4.0, 1.0 + 0.1 * 4f64.ln(), 32768));
 
+    // A top-level original context (Phi-3 style) wins, as in transformers.
+    cfg["original_max_position_embeddings"] = 4096.into();
+    cfg["rope_scaling"] = serde_json::json!({"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8192});
+    let parsed = Config::from_hf_json(&cfg.to_string()).unwrap();
+    let Some(RopeScaling::Yarn(y)) = &parsed.rope_scaling else { panic!("{:?}", parsed.rope_scaling) };
+    assert_eq!((y.original_max_position_embeddings, parsed.max_position_embeddings), (4096, 32768));
+    // Llama 3 scaling without one takes the config's context.
+    cfg.as_object_mut().unwrap().remove("original_max_position_embeddings");
+    cfg["rope_scaling"] =
+        serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0});
+    let parsed = Config::from_hf_json(&cfg.to_string()).unwrap();
+    let Some(RopeScaling::Llama3(s)) = &parsed.rope_scaling else { panic!("{:?}", parsed.rope_scaling) };
+    assert_eq!(s.original_max_position_embeddings, 32768);
+
     // A garbage factor cannot ask for tables of every position up to it.
     cfg["rope_scaling"] =
         serde_json::json!({"type": "yarn", "factor": 1e12, "original_max_position_embeddings": 32768});
