@@ -17,6 +17,9 @@ use crate::model::Model;
 use crate::sampling::{Sampled, Sampler, SamplingParams};
 use crate::tokenizer::Tokenizer;
 
+/// The most completions per prompt (GRPO uses groups of 8 to 64).
+pub const MAX_N: usize = 4096;
+
 #[derive(Debug, Clone)]
 pub struct GenerateParams {
     /// Completions per prompt.
@@ -120,6 +123,14 @@ pub fn generate(
     let sampling = SamplingParams::new(params.temperature, params.top_p)?;
     if params.n == 0 {
         return Err(Error::InvalidSampling("n must be at least 1".into()));
+    }
+    // Every completion holds its own row of state; a typo'd n would fill
+    // memory before the first token.
+    if params.n > MAX_N {
+        return Err(Error::InvalidSampling(format!("n must be at most {MAX_N}, got {}", params.n)));
+    }
+    if params.max_new_tokens == 0 {
+        return Err(Error::InvalidSampling("max_new_tokens must be at least 1".into()));
     }
     if params.max_batch == 0 {
         return Err(Error::InvalidSampling("max_batch must be at least 1".into()));

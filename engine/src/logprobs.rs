@@ -17,10 +17,14 @@ const LOGIT_CHUNK: usize = 128;
 /// batches stay modest.
 const BATCH_TOKENS: usize = 4096;
 
+/// Log-probs need a real distribution: τ of at least
+/// [`crate::sampling::GREEDY_BELOW`] (below it `1/τ` times a logit gap
+/// leaves f32's range), and finite.
 pub(crate) fn check_temperature(temperature: f64) -> Result<()> {
-    if !(temperature.is_finite() && temperature > 0.0) {
+    let least = crate::sampling::GREEDY_BELOW;
+    if !(temperature.is_finite() && temperature >= least) {
         return Err(Error::InvalidSampling(format!(
-            "temperature must be a positive number for log-probs, got {temperature}"
+            "temperature must be a finite number >= {least} for log-probs, got {temperature}"
         )));
     }
     Ok(())

@@ -320,6 +320,13 @@ fn default_max_pos() -> usize {
 /// `rope_scaling` wins when both are there (a user adding YaRN to a saved
 /// config, as Qwen2.5's model card says, writes `rope_scaling`).
 fn hf_rope(hf: &HfConfig) -> Result<(&'static str, Option<&serde_json::Value>)> {
+    // Anything but an object or null would otherwise be read as "no
+    // scaling", dropping the model's real one.
+    for (key, v) in [("rope_scaling", &hf.rope_scaling), ("rope_parameters", &hf.rope_parameters)] {
+        if let Some(v) = v.as_ref().filter(|v| !(v.is_null() || v.is_object())) {
+            return Err(Error::metadata(format!("config.json {key}"), format!("must be an object, got {v}")));
+        }
+    }
     if let Some(v) = hf.rope_scaling.as_ref().filter(|v| !v.is_null()) {
         return Ok(("rope_scaling", Some(v)));
     }
@@ -359,7 +366,12 @@ fn hf_slides(hf: &HfConfig) -> bool {
 impl Config {
     /// Parses a Hugging Face `config.json` of the Llama or Qwen2 family.
     pub fn from_hf_json(json: &str) -> Result<Self> {
-        let hf: HfConfig = serde_json::from_str(json).map_err(|e| Error::metadata("config.json", e.to_string()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| Error::metadata("config.json", e.to_string()))?;
+        if !value.is_object() {
+            return Err(Error::metadata("config.json", "must be a JSON object"));
+        }
+        let hf: HfConfig = serde_json::from_value(value).map_err(|e| Error::metadata("config.json", e.to_string()))?;
         let arch_name = hf
             .model_type
             .clone()
@@ -434,7 +446,19 @@ impl Config {
             num_hidden_layers: hf.num_hidden_layers,
             num_attention_heads: hf.num_attention_heads,
             num_key_value_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
-            head_dim: hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1)),
+            head_dim: match hf.head_dim {
+                Some(d) => d,
+                None if hf.num_attention_heads > 0 && !hf.hidden_size.is_multiple_of(hf.num_attention_heads) => {
+                    return unsupported(
+                        "hidden_size",
+                        format!(
+                            "{} is not a multiple of num_attention_heads {} (and no head_dim is given)",
+                            hf.hidden_size, hf.num_attention_heads
+                        ),
+                    );
+                }
+                None => hf.hidden_size / hf.num_attention_heads.max(1),
+            },
             rms_norm_eps: hf.rms_norm_eps,
             rope_theta,
             max_position_embeddings: rope_scaling
@@ -454,8 +478,18 @@ impl Config {
 
     pub fn validate(&self) -> Result<()> {
         let bad = |reason: String| Err(Error::metadata("config", reason));
-        if self.num_attention_heads == 0 || self.num_key_value_heads == 0 {
+        if self.num_attention_heads == 0 {
             return bad("zero attention heads".into());
+        }
+        if self.num_key_value_heads == 0 {
+            return bad("zero key/value heads".into());
+        }
+        // A negative θ or ε runs and gives NaN log-probs: refuse it instead.
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return Err(Error::metadata("rope_theta", format!("must be a number > 0, got {}", self.rope_theta)));
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
+            return Err(Error::metadata("rms_norm_eps", format!("must be a number >= 0, got {}", self.rms_norm_eps)));
         }
         if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return bad(format!(

@@ -7,10 +7,16 @@ use rand::{Rng, SeedableRng};
 use crate::error::{Error, Result};
 use crate::kernels;
 
+/// Temperatures below this decode greedily, as in vLLM: `1/τ` would
+/// overflow f32 (τ < 3e-39) long before, and the distribution is already
+/// a point mass.
+pub const GREEDY_BELOW: f64 = 1e-5;
+
 /// Validated sampling settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SamplingParams {
-    /// 0 means greedy decoding.
+    /// 0 means greedy decoding, and so does anything below
+    /// [`GREEDY_BELOW`].
     pub temperature: f64,
     /// Keep the smallest set of most likely tokens whose probability sums
     /// to at least `top_p` (1.0 keeps all).
@@ -62,7 +68,7 @@ impl Sampler {
         if logits.is_empty() {
             return Err(Error::InvalidInput("empty logits".into()));
         }
-        let greedy = self.params.temperature == 0.0;
+        let greedy = self.params.temperature < GREEDY_BELOW;
         let inv_t = if greedy { 1.0 } else { (1.0 / self.params.temperature) as f32 };
         // A vocabulary-sized pass per row and token: vectorised, as the
         // teacher-forced log-probs are, so both agree on the normaliser.

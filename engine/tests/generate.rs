@@ -66,6 +66,13 @@ fn greedy_is_deterministic_and_ends_its_turn() {
     assert_eq!(out[0].finish_reason, FinishReason::EndOfText, "{:?}", out[0].text);
     assert!(!out[0].text.contains("<|im_end|>"));
     assert!(!out[0].text.trim().is_empty());
+
+    // A temperature too small for f32 (1/τ overflows) decodes greedily,
+    // as in vLLM, instead of sampling from NaNs.
+    let tiny = GenerateParams { n: 1, temperature: 1e-40, ..params };
+    let cold = generate(&lm.model, &lm.tokenizer, &[prompt("Say hello.")], &tiny, |_| {}).unwrap();
+    assert_eq!(cold[0].token_ids, out[0].token_ids);
+    assert!(cold[0].logprobs.iter().all(|lp| lp.is_finite()));
 }
 
 #[test]
@@ -146,6 +153,9 @@ fn bad_parameters_are_clear_errors() {
     assert!(run(GenerateParams { temperature: -1.0, ..Default::default() }).contains("temperature"));
     assert!(run(GenerateParams { top_p: 0.0, ..Default::default() }).contains("top_p"));
     assert!(run(GenerateParams { n: 0, ..Default::default() }).contains("n must"));
+    // A typo'd n is refused before it fills memory.
+    assert!(run(GenerateParams { n: 1_000_000_000, ..Default::default() }).contains("n must be at most 4096"));
+    assert!(run(GenerateParams { max_new_tokens: 0, ..Default::default() }).contains("max_new_tokens must"));
     assert!(run(GenerateParams { stop: vec![String::new()], ..Default::default() }).contains("stop"));
     let context = lm.model.config().max_position_embeddings;
     let long = vec![vec![216u32; context]];

@@ -431,7 +431,13 @@ fn transformers_4_configs_give_the_same_model() {
 fn configs_the_decoder_cannot_run_are_refused() {
     type Edit = fn(&mut serde_json::Value);
     // (model, edit, key named in the error, or None if it still loads)
-    let cases: [(&str, Edit, Option<&str>); 13] = [
+    let cases: [(&str, Edit, Option<&str>); 18] = [
+        // Values that ran and gave NaN, or dropped the model's scaling.
+        ("llama", |c| c["rope_parameters"]["rope_theta"] = (-1.0).into(), Some("rope_theta")),
+        ("qwen2", |c| c["rms_norm_eps"] = (-1.0).into(), Some("rms_norm_eps")),
+        ("llama", |c| c["rope_scaling"] = "linear".into(), Some("rope_scaling")),
+        ("llama", |c| c["rope_parameters"] = 7.into(), Some("rope_parameters")),
+        ("qwen2", |c| c["hidden_size"] = 63.into(), Some("hidden_size")),
         ("llama", |c| c["mlp_bias"] = true.into(), Some("mlp_bias")),
         ("llama", |c| c["hidden_act"] = "gelu".into(), Some("hidden_act")),
         ("llama", |c| c["rope_parameters"]["rope_type"] = "dynamic".into(), Some("rope_parameters")),
@@ -565,4 +571,10 @@ fn yarn_as_qwen2_5_model_card_adds_it_grows_the_context() {
         serde_json::json!({"type": "yarn", "factor": 1e12, "original_max_position_embeddings": 32768});
     let e = Config::from_hf_json(&cfg.to_string()).unwrap_err().to_string();
     assert!(e.contains("`max_position_embeddings`") && e.contains("beyond"), "{e}");
+}
+
+#[test]
+fn config_json_must_be_an_object() {
+    let e = rlt_engine::model::Config::from_hf_json("[]").unwrap_err().to_string();
+    assert!(e.contains("`config.json`: must be a JSON object"), "{e}");
 }

@@ -146,5 +146,9 @@ fn context_overflow_is_an_error() {
     assert!(matches!(err, rlt_engine::Error::ContextOverflow { .. }), "{err}");
     assert!(err.to_string().contains(&context.to_string()));
     assert!(token_logprobs(m, &[vec![1, 2]], 0.0).is_err());
+    // 1/τ past f32's range gave NaN log-probs (null in JSON).
+    let e = token_logprobs(m, &[vec![1, 2]], 1e-40).unwrap_err().to_string();
+    assert!(e.contains("temperature must be a finite number >= 0.00001"), "{e}");
+    assert!(token_logprobs(m, &[vec![1, 2]], 1e-5).unwrap()[0].iter().all(|lp| lp.is_finite()));
     assert!(token_logprobs(m, &[vec![1, 999_999]], 1.0).is_err());
 }
