@@ -24,6 +24,9 @@ mkdir -p "$work/datasets/champ"
 cp "$DATA_DIR/datasets/champ/v0.json" "$work/datasets/champ/"
 throwaway_server "$work" --workers 0
 
+# One worker: with two, Hypothesis's shared source cache (which it does not
+# lock) raced once in CI and failed the run with a KeyError inside
+# hypothesis/internal/cache.py, every request having passed.
 "$VENV/bin/schemathesis" run "$URL/api/v1/openapi.json" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
-    --max-examples "$MAX_EXAMPLES" --workers 2 --no-color
+    --max-examples "$MAX_EXAMPLES" --workers 1 --no-color

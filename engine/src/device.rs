@@ -13,20 +13,24 @@ use crate::error::{Error, Result};
 /// fallback.
 pub fn parse_device(name: &str) -> Result<Device> {
     let name = name.trim().to_ascii_lowercase();
-    let gpu = |r: candle_core::Result<Device>, what: &str| {
-        r.map_err(|e| {
-            Error::Device(format!(
-                "{what} is not available ({}); build with the matching cargo feature",
-                crate::error::candle_reason(&e)
-            ))
-        })
+    // Without the feature, candle's own message speaks of "the candle
+    // crate"; say what to rebuild instead.
+    let gpu = |open: fn(usize) -> candle_core::Result<Device>, ordinal: usize, what: &str, built: bool| {
+        if !built {
+            let (kind, feature) = if what == "metal" { ("Metal", "metal") } else { ("CUDA", "cuda") };
+            return Err(Error::Device(format!(
+                "`{what}`: this build of rlt has no {kind} support; rebuild it with `--features {feature}`"
+            )));
+        }
+        open(ordinal)
+            .map_err(|e| Error::Device(format!("`{what}` is not available: {}", crate::error::candle_reason(&e))))
     };
     match name.as_str() {
         "" | "cpu" => Ok(Device::Cpu),
-        "metal" => gpu(Device::new_metal(0), "metal"),
-        "cuda" => gpu(Device::new_cuda(0), "cuda"),
+        "metal" => gpu(Device::new_metal, 0, "metal", cfg!(feature = "metal")),
+        "cuda" => gpu(Device::new_cuda, 0, "cuda", cfg!(feature = "cuda")),
         other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(i)) => gpu(Device::new_cuda(i), other),
+            Some(Ok(i)) => gpu(Device::new_cuda, i, other, cfg!(feature = "cuda")),
             _ => Err(Error::Device(format!("unknown device `{other}` (use cpu, cuda, cuda:N or metal)"))),
         },
     }
@@ -50,6 +54,10 @@ mod tests {
         assert!(parse_device("cpu").unwrap().is_cpu());
         assert!(matches!(parse_device("tpu"), Err(Error::Device(_))));
         #[cfg(not(feature = "cuda"))]
-        assert!(matches!(parse_device("cuda:0"), Err(Error::Device(_))));
+        {
+            let e = parse_device("cuda:0").unwrap_err();
+            assert!(matches!(e, Error::Device(_)));
+            assert!(e.to_string().contains("no CUDA support; rebuild it with `--features cuda`"), "{e}");
+        }
     }
 }

@@ -11,7 +11,7 @@ use rlt_engine::load::WeightMode;
 use rlt_engine::logprobs::token_logprobs;
 use serde_json::json;
 
-use super::GlobalArgs;
+use super::{GlobalArgs, print_line};
 use crate::{model_cache, models};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -121,19 +121,16 @@ pub async fn run_generate(global: &GlobalArgs, args: GenerateArgs) -> anyhow::Re
         bar.finish_and_clear();
         for c in completions {
             if args.json {
-                println!(
-                    "{}",
-                    json!({"sample": c.sample_index, "text": c.text, "tokens": c.token_ids.len(),
-                           "finish_reason": format!("{:?}", c.finish_reason).to_lowercase(), "logprobs": c.logprobs})
-                );
+                print_line(json!({"sample": c.sample_index, "text": c.text, "tokens": c.token_ids.len(),
+                           "finish_reason": format!("{:?}", c.finish_reason).to_lowercase(), "logprobs": c.logprobs}))?;
             } else {
-                println!(
+                print_line(format_args!(
                     "--- sample {} ({} tokens, {:?}) ---\n{}",
                     c.sample_index,
                     c.token_ids.len(),
                     c.finish_reason,
                     c.text
-                );
+                ))?;
             }
         }
         anyhow::Ok(())
@@ -177,12 +174,9 @@ pub async fn run_logprobs(global: &GlobalArgs, args: LogprobsArgs) -> anyhow::Re
             })
             .collect();
         let total: f64 = lp.iter().map(|&x| f64::from(x)).sum();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &json!({"temperature": args.temperature, "sum_logprob": total, "tokens": tokens})
-            )?
-        );
+        print_line(serde_json::to_string_pretty(
+            &json!({"temperature": args.temperature, "sum_logprob": total, "tokens": tokens}),
+        )?)?;
         anyhow::Ok(())
     })
     .await?

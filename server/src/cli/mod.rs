@@ -108,6 +108,19 @@ pub(crate) async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// Writes `line` to stdout. println! panics when that fails (a full disk:
+/// `> /dev/full`); here it is an error, and a reader that went away
+/// (`| head`) ends the command quietly, as for other Unix tools.
+pub(crate) fn print_line(line: impl std::fmt::Display) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        written => written.context("writing to standard output"),
+    }
+}
+
 /// A message above a progress bar, or plainly on stderr when the bar is
 /// hidden (not a terminal), where indicatif would drop it.
 pub(crate) fn print_above(bar: &indicatif::ProgressBar, message: String) {
