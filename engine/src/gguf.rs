@@ -32,8 +32,15 @@ impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let mut reader = BufReader::new(file);
-        let content = Content::read(&mut reader)
-            .map_err(|e| Error::CorruptGguf { path: path.to_path_buf(), reason: crate::error::candle_reason(&e) })?;
+        let content = Content::read(&mut reader).map_err(|e| {
+            let mut reason = crate::error::candle_reason(&e);
+            // candle passes on the reader's "failed to fill whole buffer".
+            if reason.contains("failed to fill whole buffer") {
+                let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+                reason = format!("the file ends inside its header ({len} bytes)");
+            }
+            Error::CorruptGguf { path: path.to_path_buf(), reason }
+        })?;
         Ok(Self { path: path.to_path_buf(), content, reader })
     }
 

@@ -47,6 +47,11 @@ fn missing_and_corrupt_files_are_clear_errors() {
     assert!(matches!(err, Error::ModelNotFound(_)), "{err}");
     assert!(err.to_string().contains("nope.gguf"));
 
+    let short = dir.join("short.gguf");
+    std::fs::write(&short, b"GGUF\x03\x00").unwrap();
+    let err = load_model(&short, WeightMode::F32, &Device::Cpu).unwrap_err();
+    assert!(err.to_string().contains("ends inside its header (6 bytes)"), "{err}");
+
     let garbage = dir.join("garbage.gguf");
     std::fs::write(&garbage, b"this is not a gguf file at all").unwrap();
     let err = load_model(&garbage, WeightMode::F32, &Device::Cpu).unwrap_err();
