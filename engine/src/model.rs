@@ -149,8 +149,9 @@ struct HfYarn {
 }
 
 impl HfYarn {
-    /// transformers' `_compute_yarn_parameters`: a missing factor is the
-    /// context's growth, and zero β or mscale counts as absent.
+    /// transformers' `_compute_yarn_parameters`: a null factor is the
+    /// context's growth over the original, and zero β or mscale counts as
+    /// absent.
     fn resolve(self, max_position_embeddings: usize) -> YarnRopeScaling {
         let original = self.original_max_position_embeddings;
         let factor = self.factor.unwrap_or(max_position_embeddings as f64 / original.max(1) as f64);
