@@ -171,3 +171,26 @@ async fn cli_score_writes_one_line_per_input_and_names_bad_lines() {
     assert_eq!(results[0]["reward"], results[2]["reward"], "scoring is deterministic");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn cli_generate_checks_its_settings_before_loading_and_reports_output_errors() {
+    // Checked before the model loads: a missing model is not what it says.
+    let out = Command::new(rlt_binary())
+        .args(["generate", "--model", "/nonexistent.gguf", "--prompt", "hi", "--top-p", "2"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("top_p must be in (0, 1], got 2"), "{stderr}");
+
+    // A full disk is an error message, not a panic.
+    let out = Command::new(rlt_binary())
+        .args(["generate", "--prompt", "hi", "--max-new-tokens", "2"])
+        .env("RLT_DATA_DIR", rlt_tests::data_dir())
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("writing to standard output") && !stderr.contains("panicked"), "{stderr}");
+}

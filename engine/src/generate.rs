@@ -41,6 +41,32 @@ pub struct GenerateParams {
     pub cancel: Option<Arc<AtomicBool>>,
 }
 
+impl GenerateParams {
+    /// Checks the settings on their own, before any model is loaded, and
+    /// returns the sampling part.
+    pub fn validate(&self) -> Result<SamplingParams> {
+        let sampling = SamplingParams::new(self.temperature, self.top_p)?;
+        if self.n == 0 {
+            return Err(Error::InvalidSampling("n must be at least 1".into()));
+        }
+        // Every completion holds its own row of state; a typo'd n would fill
+        // memory before the first token.
+        if self.n > MAX_N {
+            return Err(Error::InvalidSampling(format!("n must be at most {MAX_N}, got {}", self.n)));
+        }
+        if self.max_new_tokens == 0 {
+            return Err(Error::InvalidSampling("max_new_tokens must be at least 1".into()));
+        }
+        if self.max_batch == 0 {
+            return Err(Error::InvalidSampling("max_batch must be at least 1".into()));
+        }
+        if self.stop.iter().any(String::is_empty) {
+            return Err(Error::InvalidSampling("stop strings must not be empty".into()));
+        }
+        Ok(sampling)
+    }
+}
+
 impl Default for GenerateParams {
     fn default() -> Self {
         Self {
@@ -120,32 +146,16 @@ pub fn generate(
     params: &GenerateParams,
     mut on_token: impl FnMut(&TokenEvent),
 ) -> Result<Vec<Completion>> {
-    let sampling = SamplingParams::new(params.temperature, params.top_p)?;
-    if params.n == 0 {
-        return Err(Error::InvalidSampling("n must be at least 1".into()));
-    }
-    // Every completion holds its own row of state; a typo'd n would fill
-    // memory before the first token.
-    if params.n > MAX_N {
-        return Err(Error::InvalidSampling(format!("n must be at most {MAX_N}, got {}", params.n)));
-    }
-    if params.max_new_tokens == 0 {
-        return Err(Error::InvalidSampling("max_new_tokens must be at least 1".into()));
-    }
-    if params.max_batch == 0 {
-        return Err(Error::InvalidSampling("max_batch must be at least 1".into()));
-    }
-    if params.stop.iter().any(String::is_empty) {
-        return Err(Error::InvalidSampling("stop strings must not be empty".into()));
-    }
+    let sampling = params.validate()?;
     let context = model.config().max_position_embeddings;
     let vocab = model.config().vocab_size as u32;
     for p in prompts {
         if p.is_empty() {
             return Err(Error::InvalidInput("empty prompt".into()));
         }
+        // Generating needs at least one free position after the prompt.
         if p.len() >= context {
-            return Err(Error::ContextOverflow { len: p.len(), context });
+            return Err(Error::ContextOverflow { len: p.len() + 1, context });
         }
         if let Some(bad) = p.iter().find(|&&id| id >= vocab) {
             return Err(Error::InvalidInput(format!("token id {bad} outside the vocabulary of {vocab}")));

@@ -20,7 +20,7 @@ const BATCH_TOKENS: usize = 4096;
 /// Log-probs need a real distribution: τ of at least
 /// [`crate::sampling::GREEDY_BELOW`] (below it `1/τ` times a logit gap
 /// leaves f32's range), and finite.
-pub(crate) fn check_temperature(temperature: f64) -> Result<()> {
+pub fn check_temperature(temperature: f64) -> Result<()> {
     let least = crate::sampling::GREEDY_BELOW;
     if !(temperature.is_finite() && temperature >= least) {
         return Err(Error::InvalidSampling(format!(

@@ -89,6 +89,17 @@ pub struct GenerateArgs {
 
 pub async fn run_generate(global: &GlobalArgs, args: GenerateArgs) -> anyhow::Result<()> {
     let path = args.model.path(global);
+    let params = GenerateParams {
+        n: args.n,
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        top_p: args.top_p,
+        seed: args.seed,
+        stop: args.stop.clone(),
+        ..GenerateParams::default()
+    };
+    // Before the model loads: a typo should not cost a second or more.
+    params.validate()?;
     tokio::task::spawn_blocking(move || {
         let model = model_cache::shared().get(&path, args.weights.into(), &args.model.device)?;
         let text = if args.raw {
@@ -102,15 +113,6 @@ pub async fn run_generate(global: &GlobalArgs, args: GenerateArgs) -> anyhow::Re
             model.chat_template()?.render(&messages, Ending::GenerationPrompt)?
         };
         let prompt = model.tokenizer.encode(&text)?;
-        let params = GenerateParams {
-            n: args.n,
-            max_new_tokens: args.max_new_tokens,
-            temperature: args.temperature,
-            top_p: args.top_p,
-            seed: args.seed,
-            stop: args.stop.clone(),
-            ..GenerateParams::default()
-        };
         let bar = ProgressBar::new((args.n * args.max_new_tokens) as u64);
         bar.set_style(
             ProgressStyle::with_template("generating [{bar:40}] {pos}/{len} tokens {per_sec}")
@@ -155,6 +157,12 @@ pub struct LogprobsArgs {
 
 pub async fn run_logprobs(global: &GlobalArgs, args: LogprobsArgs) -> anyhow::Result<()> {
     let path = args.model.path(global);
+    // What can be checked without the model is, before it loads.
+    rlt_engine::logprobs::check_temperature(args.temperature)?;
+    anyhow::ensure!(
+        args.text.is_some() || args.ids.len() >= 2,
+        "give at least two tokens (--text or --ids); the first has no log-prob"
+    );
     tokio::task::spawn_blocking(move || {
         let model = model_cache::shared().get(&path, WeightMode::F32, &args.model.device)?;
         let ids = match &args.text {
