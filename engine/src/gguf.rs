@@ -100,7 +100,7 @@ impl GgufFile {
             .tensor_infos
             .get("token_embd.weight")
             .ok_or_else(|| Error::metadata("token_embd.weight", "tensor missing"))?;
-        // GGUF lists dims innermost first: [hidden, vocab].
+        // [vocab, hidden]: candle reverses the file's innermost-first order.
         let vocab_size = *embed.shape.dims().first().ok_or_else(|| Error::metadata("token_embd.weight", "no dims"))?;
         let context = self.get_usize(&key("context_length"))?;
         let rope_scaling = self.rope_scaling(a, context)?;
@@ -142,6 +142,7 @@ impl GgufFile {
         };
         cfg.validate()?;
         self.check_all_tensors_used(&cfg)?;
+        self.check_tensor_shapes(&cfg, a)?;
         Ok(cfg)
     }
 
@@ -239,6 +240,35 @@ impl GgufFile {
             path: self.path.clone(),
             reason: format!("tensor {name}: {}", crate::error::candle_reason(&e)),
         })
+    }
+
+    /// Refuses a tensor whose shape the metadata does not imply, naming it
+    /// as the file does and the metadata behind the expected shape (the
+    /// loader's own error would name the Hugging Face tensor).
+    fn check_tensor_shapes(&self, cfg: &Config, arch: &str) -> Result<()> {
+        for (gguf, hf) in self.tensor_names(cfg) {
+            let (Some(info), Some(want)) = (self.content.tensor_infos.get(&gguf), crate::load::tensor_shape(cfg, &hf))
+            else {
+                continue;
+            };
+            // candle turns the file's innermost-first dimensions around.
+            let got = info.shape.dims().to_vec();
+            if got != want {
+                return Err(Error::metadata(
+                    gguf,
+                    format!(
+                        "shape {got:?}, but {arch}.embedding_length {}, attention.head_count {}, \
+                         attention.head_count_kv {}, head size {} and feed_forward_length {} imply {want:?}",
+                        cfg.hidden_size,
+                        cfg.num_attention_heads,
+                        cfg.num_key_value_heads,
+                        cfg.head_dim,
+                        cfg.intermediate_size
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// (GGUF name, Hugging Face name) of every tensor the decoder uses.

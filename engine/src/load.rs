@@ -202,6 +202,27 @@ pub fn tensor_names(cfg: &Config) -> Vec<String> {
     names
 }
 
+/// The shape `[rows, columns]` (or `[len]`) of the decoder's tensor
+/// `name` (a Hugging Face name) under `cfg`; None for other names.
+pub(crate) fn tensor_shape(cfg: &Config, name: &str) -> Option<Vec<usize>> {
+    let (h, d, f) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
+    let (q, kv) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
+    let shape = match name.rsplit('.').take(2).collect::<Vec<_>>()[..] {
+        ["weight", "embed_tokens" | "lm_head"] => vec![cfg.vocab_size, h],
+        ["weight", "input_layernorm" | "post_attention_layernorm" | "norm"] => vec![h],
+        ["weight", "q_proj"] => vec![q, h],
+        ["bias", "q_proj"] => vec![q],
+        ["weight", "k_proj" | "v_proj"] => vec![kv, h],
+        ["bias", "k_proj" | "v_proj"] => vec![kv],
+        ["weight", "o_proj"] => vec![h, q],
+        ["bias", "o_proj"] => vec![h],
+        ["weight", "gate_proj" | "up_proj"] => vec![f, h],
+        ["weight", "down_proj"] => vec![h, f],
+        _ => return None,
+    };
+    Some(shape)
+}
+
 fn sha256_files(paths: &[PathBuf]) -> Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -405,5 +426,22 @@ mod tests {
     fn loaded_model_is_send_and_sync() {
         fn check<T: Send + Sync>() {}
         check::<super::LoadedModel>();
+    }
+
+    /// Every tensor the decoder reads has a known shape (the GGUF check
+    /// would skip one without).
+    #[test]
+    fn every_tensor_has_a_shape() {
+        let cfg = crate::model::Config::from_hf_json(
+            r#"{"model_type": "llama", "hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 24, "vocab_size": 320,
+                "attention_bias": true}"#,
+        )
+        .unwrap();
+        for name in super::tensor_names(&cfg) {
+            assert!(super::tensor_shape(&cfg, &name).is_some(), "{name}");
+        }
+        assert_eq!(super::tensor_shape(&cfg, "model.layers.1.self_attn.o_proj.weight"), Some(vec![64, 96]));
+        assert_eq!(super::tensor_shape(&cfg, "model.layers.0.self_attn.k_proj.bias"), Some(vec![24]));
     }
 }

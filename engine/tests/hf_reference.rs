@@ -336,6 +336,8 @@ fn gguf_settings_the_decoder_cannot_run_are_refused() {
         ),
         ("short_freqs", vec![], vec![("rope_freqs.weight", f32_tensor(&[1.0; 5]))], Some("rope_freqs.weight")),
         ("zero_freq", vec![], vec![("rope_freqs.weight", f32_tensor(&[0.0; 12]))], Some("rope_freqs.weight")),
+        // A bias of the wrong length is named as the file names it.
+        ("q_bias_shape", vec![], vec![("blk.0.attn_q.bias", f32_tensor(&[0.5; 10]))], Some("blk.0.attn_q.bias")),
         // A bias llama.cpp would add and the decoder would not.
         ("mlp_bias", vec![], vec![("blk.1.ffn_up.bias", f32_tensor(&[0.5; 160]))], Some("blk.1.ffn_up.bias")),
     ];
