@@ -11,6 +11,7 @@ async fn main() -> std::process::ExitCode {
     let cli = rlt_server::cli::Cli::parse();
     match rlt_server::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if rlt_server::cli::is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

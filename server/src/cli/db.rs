@@ -31,10 +31,10 @@ pub async fn run(global: &GlobalArgs, args: DbArgs) -> anyhow::Result<()> {
     match args.command {
         DbCommand::Start { unsafe_fast } => {
             cluster.ensure_running(&ClusterOptions { unsafe_fast }).await?;
-            println!("{}", cluster.url());
+            super::print_line(cluster.url())?;
         }
         DbCommand::Stop => cluster.stop().await?,
-        DbCommand::Url => println!("{}", cluster.url()),
+        DbCommand::Url => super::print_line(cluster.url())?,
     }
     Ok(())
 }

@@ -71,10 +71,10 @@ pub async fn run(global: &GlobalArgs, args: ImportArgs) -> anyhow::Result<()> {
     let result = import::store(&db.pool, dataset).await;
     db.close().await?;
     let summary = result.map_err(|e| report(&input_name, e))?;
-    println!(
+    super::print_line(format_args!(
         "imported dataset '{}' (id {}): {} questions, {} reference explanations",
         summary.name, summary.id, summary.question_count, summary.reference_count
-    );
+    ))?;
     Ok(())
 }
 

@@ -69,44 +69,53 @@ async fn dispatch(db: &Database, command: JobsCommand) -> anyhow::Result<()> {
             )
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-            println!("queued job {} ({})", job.id, job.kind);
+            super::print_line(format_args!("queued job {} ({})", job.id, job.kind))?;
             if then_follow {
                 follow(db, job.id).await?;
             }
         }
         JobsCommand::Kinds => {
             for kind in registry.describe() {
-                println!("{}: {}\n  params: {}", kind.name, kind.description, kind.params_schema);
+                super::print_line(format_args!(
+                    "{}: {}\n  params: {}",
+                    kind.name, kind.description, kind.params_schema
+                ))?;
             }
         }
         JobsCommand::List { status, limit } => {
             let status =
                 status.map(|s| JobStatus::parse(&s).with_context(|| format!("unknown status {s}"))).transpose()?;
             let page = queue::list(&db.pool, &queue::JobFilter { status, limit, ..Default::default() }).await?;
-            println!("{:>6}  {:<12} {:<10} {:>12}  created", "id", "kind", "status", "progress");
+            super::print_line(format_args!(
+                "{:>6}  {:<12} {:<10} {:>12}  created",
+                "id", "kind", "status", "progress"
+            ))?;
             for job in page.items {
                 let progress = match job.progress_total {
                     Some(t) => format!("{}/{}", job.progress_done, t),
                     None => job.progress_done.to_string(),
                 };
-                println!(
+                super::print_line(format_args!(
                     "{:>6}  {:<12} {:<10} {:>12}  {}",
                     job.id,
                     job.kind,
                     job.status.as_str(),
                     progress,
                     job.created_at
-                );
+                ))?;
             }
         }
         JobsCommand::Follow { id } => follow(db, id).await?,
         JobsCommand::Cancel { id } => {
             let job = queue::request_cancel(&db.pool, id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            println!("job {id}: {}", if job.status == JobStatus::Cancelled { "cancelled" } else { "cancel requested" });
+            super::print_line(format_args!(
+                "job {id}: {}",
+                if job.status == JobStatus::Cancelled { "cancelled" } else { "cancel requested" }
+            ))?;
         }
         JobsCommand::Retry { id } => {
             queue::retry(&db.pool, id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            println!("job {id} queued again");
+            super::print_line(format_args!("job {id} queued again"))?;
         }
     }
     Ok(())

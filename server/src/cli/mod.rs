@@ -109,16 +109,20 @@ pub(crate) async fn shutdown_signal() {
 }
 
 /// Writes `line` to stdout. println! panics when that fails (a full disk:
-/// `> /dev/full`); here it is an error, and a reader that went away
-/// (`| head`) ends the command quietly, as for other Unix tools.
+/// `> /dev/full`); here it is an error, which unwinds the command (an
+/// embedded Postgres it started stops) and which `main` reports, or, for
+/// a reader that went away (`| head`), ends quietly as other Unix tools do
+/// (see [`is_broken_pipe`]).
 pub(crate) fn print_line(line: impl std::fmt::Display) -> anyhow::Result<()> {
     use anyhow::Context as _;
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
-    match writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
-        written => written.context("writing to standard output"),
-    }
+    writeln!(stdout, "{line}").and_then(|()| stdout.flush()).context("writing to standard output")
+}
+
+/// Whether a command failed only because its output's reader went away.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
 /// A message above a progress bar, or plainly on stderr when the bar is

@@ -25,6 +25,6 @@ pub async fn run(global: &GlobalArgs, args: ReportArgs) -> anyhow::Result<()> {
     let html = result?;
     let out = args.out.unwrap_or_else(|| PathBuf::from(format!("rlt-run-{}-report.html", args.run)));
     std::fs::write(&out, html).with_context(|| format!("writing {}", out.display()))?;
-    println!("{}", out.display());
+    super::print_line(format_args!("{}", out.display()))?;
     Ok(())
 }
