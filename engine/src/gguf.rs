@@ -141,8 +141,9 @@ impl GgufFile {
             rope_freq_factors,
         };
         cfg.validate()?;
-        self.check_all_tensors_used(&cfg)?;
-        self.check_tensor_shapes(&cfg, a)?;
+        let names = self.tensor_names(&cfg);
+        self.check_all_tensors_used(&names)?;
+        self.check_tensor_shapes(&names, &cfg, a)?;
         Ok(cfg)
     }
 
@@ -221,10 +222,10 @@ impl GgufFile {
 
     /// Refuses tensors the decoder would not read (biases llama.cpp applies
     /// where present, say), so a file is never run without part of itself.
-    fn check_all_tensors_used(&self, cfg: &Config) -> Result<()> {
-        let used: std::collections::HashSet<String> = self.tensor_names(cfg).into_iter().map(|(g, _)| g).collect();
+    fn check_all_tensors_used(&self, names: &[(String, String)]) -> Result<()> {
+        let used: std::collections::HashSet<&String> = names.iter().map(|(g, _)| g).collect();
         let mut unused: Vec<&String> =
-            self.content.tensor_infos.keys().filter(|n| !used.contains(*n) && n.as_str() != ROPE_FREQS).collect();
+            self.content.tensor_infos.keys().filter(|n| !used.contains(n) && n.as_str() != ROPE_FREQS).collect();
         unused.sort();
         match unused.first() {
             None => Ok(()),
@@ -245,9 +246,9 @@ impl GgufFile {
     /// Refuses a tensor whose shape the metadata does not imply, naming it
     /// as the file does and the metadata behind the expected shape (the
     /// loader's own error would name the Hugging Face tensor).
-    fn check_tensor_shapes(&self, cfg: &Config, arch: &str) -> Result<()> {
-        for (gguf, hf) in self.tensor_names(cfg) {
-            let (Some(info), Some(want)) = (self.content.tensor_infos.get(&gguf), crate::load::tensor_shape(cfg, &hf))
+    fn check_tensor_shapes(&self, names: &[(String, String)], cfg: &Config, arch: &str) -> Result<()> {
+        for (gguf, hf) in names {
+            let (Some(info), Some(want)) = (self.content.tensor_infos.get(gguf), crate::load::tensor_shape(cfg, hf))
             else {
                 continue;
             };
@@ -255,7 +256,7 @@ impl GgufFile {
             let got = info.shape.dims().to_vec();
             if got != want {
                 return Err(Error::metadata(
-                    gguf,
+                    gguf.as_str(),
                     format!(
                         "shape {got:?}, but {arch}.embedding_length {}, attention.head_count {}, \
                          attention.head_count_kv {}, head size {} and feed_forward_length {} imply {want:?}",

@@ -155,19 +155,19 @@ impl HfYarn {
     fn resolve(self, max_position_embeddings: usize) -> YarnRopeScaling {
         let original = self.original_max_position_embeddings;
         let factor = self.factor.unwrap_or(max_position_embeddings as f64 / original.max(1) as f64);
+        let defaults = YarnRopeScaling::new(factor, original);
         let given = |x: Option<f64>| x.filter(|v| *v != 0.0);
         let attention_factor =
-            self.attention_factor.unwrap_or_else(|| match (given(self.mscale), given(self.mscale_all_dim)) {
+            self.attention_factor.unwrap_or(match (given(self.mscale), given(self.mscale_all_dim)) {
                 (Some(m), Some(all)) => yarn_mscale(factor, m) / yarn_mscale(factor, all),
-                _ => yarn_mscale(factor, 1.0),
+                _ => defaults.attention_factor,
             });
         YarnRopeScaling {
-            factor,
-            original_max_position_embeddings: original,
-            beta_fast: given(self.beta_fast).unwrap_or(32.0),
-            beta_slow: given(self.beta_slow).unwrap_or(1.0),
+            beta_fast: given(self.beta_fast).unwrap_or(defaults.beta_fast),
+            beta_slow: given(self.beta_slow).unwrap_or(defaults.beta_slow),
             attention_factor,
-            truncate: self.truncate.unwrap_or(true),
+            truncate: self.truncate.unwrap_or(defaults.truncate),
+            ..defaults
         }
     }
 }
