@@ -6,6 +6,8 @@
 //! `tojson` (no HTML escaping, Python's `json.dumps` spacing). The same
 //! settings are reproduced here.
 
+use std::collections::BTreeMap;
+
 use minijinja::value::{Value, ValueKind};
 use minijinja::{Environment, ErrorKind, context};
 use serde::{Deserialize, Serialize};
@@ -47,12 +49,37 @@ pub enum Ending {
     ContinueFinal,
 }
 
+/// The named special tokens a template sees (`bos_token`, `pad_token`,
+/// ...), as transformers passes its `special_tokens_map`: only the ones
+/// the model has, so a missing one is undefined in the template (renders
+/// as nothing, `is defined` is false) rather than `none`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SpecialTokens(BTreeMap<String, String>);
+
+impl SpecialTokens {
+    /// The names transformers passes (`SPECIAL_TOKENS_ATTRIBUTES`).
+    pub const NAMES: [&'static str; 7] =
+        ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"];
+
+    /// Sets `name` to `token` when there is one.
+    pub fn with(mut self, name: &str, token: Option<String>) -> Self {
+        if let Some(t) = token {
+            self.0.insert(name.to_string(), t);
+        }
+        self
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+}
+
 /// A compiled chat template with the special tokens it may refer to.
 pub struct ChatTemplate {
     env: Environment<'static>,
     source: String,
-    bos_token: Option<String>,
-    eos_token: Option<String>,
+    special: SpecialTokens,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -63,7 +90,7 @@ impl std::fmt::Debug for ChatTemplate {
 
 impl Clone for ChatTemplate {
     fn clone(&self) -> Self {
-        Self::new(&self.source, self.bos_token.clone(), self.eos_token.clone()).expect("template compiled once already")
+        Self::new(&self.source, self.special.clone()).expect("template compiled once already")
     }
 }
 
@@ -78,7 +105,7 @@ fn template_err(e: minijinja::Error) -> Error {
 }
 
 impl ChatTemplate {
-    pub fn new(source: &str, bos_token: Option<String>, eos_token: Option<String>) -> Result<Self> {
+    pub fn new(source: &str, special: SpecialTokens) -> Result<Self> {
         let mut env = Environment::new();
         env.set_syntax(
             minijinja::syntax::SyntaxConfig::builder()
@@ -98,11 +125,15 @@ impl ChatTemplate {
         env.add_filter("escape", markupsafe_escape);
         env.set_unknown_method_callback(python_methods);
         env.add_template_owned("chat", source.to_string()).map_err(template_err)?;
-        Ok(Self { env, source: source.to_string(), bos_token, eos_token })
+        Ok(Self { env, source: source.to_string(), special })
     }
 
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    pub fn special_tokens(&self) -> &SpecialTokens {
+        &self.special
     }
 
     /// Renders `messages`. With [`Ending::ContinueFinal`] the text is cut
@@ -146,12 +177,11 @@ impl ChatTemplate {
         tmpl.render(context! {
             messages => Value::from(minijinja::value::Serde(messages)),
             add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos_token.clone(),
-            eos_token => self.eos_token.clone(),
             // transformers passes these as None when there are none, so
             // `tools is not none` is false, not true as for an undefined name.
             tools => (),
             documents => (),
+            ..Value::from(minijinja::value::Serde(&self.special))
         })
         .map_err(template_err)
     }
@@ -333,17 +363,20 @@ mod tests {
             r#"{%- else %}{%- set date_string = "26 Jul 2024" %}{%- endif %}{{ date_string }}"#,
         );
         let before = chrono::Local::now().format("%d %b %Y").to_string();
-        let got = ChatTemplate::new(src, None, None).unwrap().render(&[], Ending::Complete).unwrap();
+        let got = ChatTemplate::new(src, SpecialTokens::default()).unwrap().render(&[], Ending::Complete).unwrap();
         let after = chrono::Local::now().format("%d %b %Y").to_string();
         assert!(got == before || got == after, "{got}");
-        let bad = ChatTemplate::new("{{ strftime_now('%Q') }}", None, None).unwrap();
+        let bad = ChatTemplate::new("{{ strftime_now('%Q') }}", SpecialTokens::default()).unwrap();
         assert!(bad.render(&[], Ending::Complete).unwrap_err().to_string().contains("invalid format"));
     }
 
     #[test]
     fn escape_matches_markupsafe() {
-        let t = ChatTemplate::new("{{ messages[0].content | e }}|{{ messages[0].content | escape | e }}", None, None)
-            .unwrap();
+        let t = ChatTemplate::new(
+            "{{ messages[0].content | e }}|{{ messages[0].content | escape | e }}",
+            SpecialTokens::default(),
+        )
+        .unwrap();
         let got = t.render(&[Message::user(r#"<a href="/x">&'</a>"#)], Ending::Complete).unwrap();
         // markupsafe.escape, and a second escape leaves the safe string be.
         let want = "&lt;a href=&#34;/x&#34;&gt;&amp;&#39;&lt;/a&gt;";
@@ -361,8 +394,7 @@ mod tests {
                 r#"{% for k, v in d.items() %}{{ k }}{% endfor %}|{{ messages[0] | tojson }}|"#,
                 r#"{{ d | tojson(indent=2) }}|{{ {} | tojson }}{{ [] | tojson }}"#,
             ),
-            None,
-            None,
+            SpecialTokens::default(),
         )
         .unwrap();
         let got = t.render(&[Message::user("hi <b>")], Ending::Complete).unwrap();

@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use sha2::{Digest, Sha256};
 
-use crate::chat_template::ChatTemplate;
+use crate::chat_template::{ChatTemplate, SpecialTokens};
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::model::{Architecture, Config, Mode, Model, Weights};
@@ -245,11 +245,7 @@ fn gguf_parts<'a>(path: &Path, mode: WeightMode, device: &Device) -> Result<Part
     check_memory(&config, mode, device)?;
     let tokenizer = Tokenizer::from_gguf(&gguf)?;
     let chat_template = match gguf.get_str("tokenizer.chat_template") {
-        Ok(src) => Some(ChatTemplate::new(
-            src,
-            tokenizer.bos_token().map(str::to_string),
-            tokenizer.eos_token().map(str::to_string),
-        )?),
+        Ok(src) => Some(ChatTemplate::new(src, gguf_special_tokens(&gguf, &tokenizer))?),
         Err(_) => None,
     };
     let weights = match mode {
@@ -277,6 +273,22 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
 }
 
 /// A special token in `tokenizer_config.json`: a string or `{"content": ..}`.
+/// The special tokens transformers takes from a GGUF for its templates:
+/// those its `GGUF_TOKENIZER_MAPPING` reads (bos, eos, unknown, padding).
+fn gguf_special_tokens(gguf: &GgufFile, tokenizer: &Tokenizer) -> SpecialTokens {
+    [
+        ("bos_token", "tokenizer.ggml.bos_token_id"),
+        ("eos_token", "tokenizer.ggml.eos_token_id"),
+        ("unk_token", "tokenizer.ggml.unknown_token_id"),
+        ("pad_token", "tokenizer.ggml.padding_token_id"),
+    ]
+    .into_iter()
+    .fold(SpecialTokens::default(), |set, (name, key)| {
+        let id = gguf.metadata().get(key).and_then(|v| v.to_u32().ok());
+        set.with(name, id.and_then(|id| tokenizer.id_to_token(id)))
+    })
+}
+
 fn special_token(cfg: &serde_json::Value, key: &str) -> Option<String> {
     match cfg.get(key)? {
         serde_json::Value::String(s) => Some(s.clone()),
@@ -366,7 +378,10 @@ fn hf_parts<'a>(dir: &Path, mode: WeightMode, device: &Device) -> Result<Parts<'
             _ => None,
         }
     };
-    let chat_template = template_src.map(|src| ChatTemplate::new(&src, bos, eos)).transpose()?;
+    let special = SpecialTokens::NAMES
+        .into_iter()
+        .fold(SpecialTokens::default(), |set, name| set.with(name, special_token(&tok_cfg, name)));
+    let chat_template = template_src.map(|src| ChatTemplate::new(&src, special)).transpose()?;
 
     let dtype = match mode {
         WeightMode::Bf16 => DType::BF16,

@@ -5,7 +5,7 @@
 
 mod common;
 
-use rlt_engine::chat_template::{ChatTemplate, Ending, Message};
+use rlt_engine::chat_template::{ChatTemplate, Ending, Message, SpecialTokens};
 
 #[derive(serde::Deserialize)]
 struct Fixture {
@@ -32,14 +32,16 @@ fn fixture() -> Fixture {
 fn gguf_template() -> ChatTemplate {
     let gguf = rlt_engine::gguf::GgufFile::open(&common::model_path()).unwrap();
     let src = gguf.get_str("tokenizer.chat_template").unwrap();
-    ChatTemplate::new(src, Some("<|im_start|>".into()), Some("<|im_end|>".into())).unwrap()
+    let special = SpecialTokens::default()
+        .with("bos_token", Some("<|im_start|>".into()))
+        .with("eos_token", Some("<|im_end|>".into()));
+    ChatTemplate::new(src, special).unwrap()
 }
 
 #[derive(serde::Deserialize)]
 struct Features {
     messages: Vec<Message>,
-    bos_token: Option<String>,
-    eos_token: Option<String>,
+    special_tokens: SpecialTokens,
     cases: Vec<FeatureCase>,
 }
 
@@ -62,7 +64,7 @@ fn template_features_render_like_transformers() {
     let f: Features = serde_json::from_str(&text).unwrap();
     assert!(f.cases.len() >= 30);
     for case in &f.cases {
-        let template = ChatTemplate::new(&case.template, f.bos_token.clone(), f.eos_token.clone())
+        let template = ChatTemplate::new(&case.template, f.special_tokens.clone())
             .unwrap_or_else(|e| panic!("{}: {e}", case.name));
         let ending = if case.add_generation_prompt { Ending::GenerationPrompt } else { Ending::Complete };
         let got = template.render(&f.messages, ending);
@@ -118,7 +120,10 @@ fn renders_byte_identical_to_transformers() {
         let own;
         let template = match &case.template {
             Some(src) => {
-                own = ChatTemplate::new(src, case.bos_token.clone(), case.eos_token.clone()).unwrap();
+                let special = SpecialTokens::default()
+                    .with("bos_token", case.bos_token.clone())
+                    .with("eos_token", case.eos_token.clone());
+                own = ChatTemplate::new(src, special).unwrap();
                 &own
             }
             None => &model_template,
@@ -149,10 +154,10 @@ fn continued_teacher_prompt_ends_right_after_the_prefix() {
 
 #[test]
 fn template_errors_are_reported_not_panics() {
-    let t = ChatTemplate::new("{{ raise_exception('no system role allowed') }}", None, None).unwrap();
+    let t = ChatTemplate::new("{{ raise_exception('no system role allowed') }}", SpecialTokens::default()).unwrap();
     let err = t.render(&[Message::user("x")], Ending::Complete).unwrap_err();
     assert!(err.to_string().contains("no system role allowed"), "{err}");
-    assert!(ChatTemplate::new("{% for %}", None, None).is_err());
+    assert!(ChatTemplate::new("{% for %}", SpecialTokens::default()).is_err());
     let gguf = gguf_template();
     assert!(gguf.render(&[Message::user("x")], Ending::ContinueFinal).is_err());
     assert!(gguf.render(&[], Ending::ContinueFinal).is_err());

@@ -21,7 +21,15 @@ fn records_sha256_architecture_and_config() {
     assert_eq!(c.vocab_size, 49152);
     assert!(c.tie_word_embeddings);
     assert_eq!(c.max_position_embeddings, 8192);
-    assert!(lm.chat_template.is_some());
+    // The special tokens its chat template sees are the ones transformers
+    // reads from this GGUF (recorded in the template fixture).
+    let fixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(common::fixture("chat_template_features.json")).unwrap())
+            .unwrap();
+    let want: rlt_engine::chat_template::SpecialTokens =
+        serde_json::from_value(fixture["special_tokens"].clone()).unwrap();
+    assert_eq!(lm.chat_template.as_ref().unwrap().special_tokens(), &want);
+    assert_eq!(want.get("pad_token"), Some("<|im_end|>"));
 }
 
 #[test]
@@ -139,6 +147,8 @@ fn write_hf_dir(dir: &std::path::Path, model_type: &str, with_bias: bool) {
     let tok_cfg = serde_json::json!({
         "bos_token": "<|im_start|>",
         "eos_token": {"content": "<|im_end|>", "special": true},
+        "pad_token": {"content": "<|endoftext|>", "special": true},
+        "unk_token": null,
         "chat_template": lm.chat_template.as_ref().unwrap().source(),
     });
     std::fs::write(dir.join("tokenizer_config.json"), tok_cfg.to_string()).unwrap();
@@ -159,6 +169,9 @@ fn hugging_face_directories_load_like_the_gguf() {
         assert_eq!(hf.sha256.len(), 64);
         assert_eq!(hf.tokenizer.encode("<|im_start|>user\nHi 42<|im_end|>\n").unwrap(), ids);
         assert_eq!(hf.tokenizer.eos_token(), Some("<|im_end|>"));
+        let special = hf.chat_template().unwrap().special_tokens();
+        assert_eq!(special.get("pad_token"), Some("<|endoftext|>"));
+        assert_eq!((special.get("bos_token"), special.get("unk_token")), (Some("<|im_start|>"), None));
         let got = hf.model.forward(&input, &[0]).unwrap();
         let diff =
             (got - &want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();

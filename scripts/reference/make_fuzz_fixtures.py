@@ -12,9 +12,10 @@ blocks. Special tokens are parsed as such in the first half only.
 tests/fixtures/chat_template_features.json: small templates that use what
 chat templates in the wild use (filters, tests, loops and loop variables,
 namespaces, macros, block sets, break/continue, dict and string methods,
-tojson, escaping, whitespace control, raise_exception) rendered by
-transformers' `apply_chat_template` on one conversation, or the error it
-raised.
+tojson, escaping, whitespace control, raise_exception, the named special
+tokens) rendered by transformers' `apply_chat_template` on one
+conversation, or the error it raised, with the special tokens transformers
+reads from the GGUF.
 
 tests/fixtures/smollm2_chat_template_fuzz.jsonl: conversations of random
 roles and contents (template syntax, special tokens, leading and trailing
@@ -108,6 +109,7 @@ FEATURE_TEMPLATES = {
     "strmethods": "{{ 'Abc'.capitalize() }}|{{ 'abc'.find('c') }}|{{ 'a b'.split(' ', 1) }}|{{ ' x '.lstrip() }}|{{ 'x'.join(['a','b']) }}|{{ 'aaa'.count('a') }}|{{ 'abc'.isalpha() }}|{{ '{}-{}'.format(1, 2) }}|{{ 'a b c'.split(' ', 1) }}|{{ 'ab'.startswith(('x','a')) }}|{{ 'x\\x1c'.strip()|length }}|{{ 'a\\nb\\n'.splitlines() }}|{{ \"it's\".title() }}|{{ 'a'.strip(none) }}|{{ 'a  b'.split(none, 1) }}",
     "tools_none": "{{ tools is none }}|{{ documents is none }}|{{ tools is defined }}|{% if tools is not none %}T{% endif %}|{% if tools %}t{% endif %}",
     "raise": "{% if messages[0].role == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}",
+    "special_tokens": "{{ bos_token }}|{{ eos_token }}|{{ unk_token }}|{{ pad_token }}|{{ sep_token }}|{{ cls_token is defined }}|{{ mask_token|default('m') }}|{{ pad_token is none }}",
 }
 
 
@@ -128,7 +130,7 @@ def template_feature_cases(tok):
             cases.append(case)
     path = os.path.join(FIXTURES, "chat_template_features.json")
     with open(path, "w", encoding="utf-8") as out:
-        fixture = {"messages": FEATURE_MESSAGES, "bos_token": tok.bos_token, "eos_token": tok.eos_token, "cases": cases}
+        fixture = {"messages": FEATURE_MESSAGES, "special_tokens": tok.special_tokens_map, "cases": cases}
         json.dump(fixture, out, ensure_ascii=False, indent=1)
     print(f"wrote {len(cases)} template cases to {path}")
 
