@@ -371,6 +371,16 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_special_token_is_undefined_not_none() {
+        // Qwen2.5 has no bos_token: transformers leaves it out of the
+        // template's variables, so it renders as nothing.
+        let src = "{{ bos_token }}|{{ bos_token is defined }}|{{ eos_token }}";
+        let special = SpecialTokens::default().with("bos_token", None).with("eos_token", Some("<e>".into()));
+        let got = ChatTemplate::new(src, special).unwrap().render(&[], Ending::Complete).unwrap();
+        assert_eq!(got, "|False|<e>");
+    }
+
+    #[test]
     fn escape_matches_markupsafe() {
         let t = ChatTemplate::new(
             "{{ messages[0].content | e }}|{{ messages[0].content | escape | e }}",
