@@ -205,22 +205,64 @@ pub fn tensor_names(cfg: &Config) -> Vec<String> {
 /// The shape `[rows, columns]` (or `[len]`) of the decoder's tensor
 /// `name` (a Hugging Face name) under `cfg`; None for other names.
 pub(crate) fn tensor_shape(cfg: &Config, name: &str) -> Option<Vec<usize>> {
+    shape_and_fields(cfg, name).map(|(shape, _)| shape)
+}
+
+/// [`tensor_shape`] and the `config.json` fields it comes from.
+fn shape_and_fields(cfg: &Config, name: &str) -> Option<(Vec<usize>, &'static [&'static str])> {
+    const HEADS: &[&str] = &["num_attention_heads", "head_dim", "hidden_size"];
+    const KV_HEADS: &[&str] = &["num_key_value_heads", "head_dim", "hidden_size"];
+    const MLP: &[&str] = &["intermediate_size", "hidden_size"];
     let (h, d, f) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
     let (q, kv) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
-    let shape = match name.rsplit('.').take(2).collect::<Vec<_>>()[..] {
-        ["weight", "embed_tokens" | "lm_head"] => vec![cfg.vocab_size, h],
-        ["weight", "input_layernorm" | "post_attention_layernorm" | "norm"] => vec![h],
-        ["weight", "q_proj"] => vec![q, h],
-        ["bias", "q_proj"] => vec![q],
-        ["weight", "k_proj" | "v_proj"] => vec![kv, h],
-        ["bias", "k_proj" | "v_proj"] => vec![kv],
-        ["weight", "o_proj"] => vec![h, q],
-        ["bias", "o_proj"] => vec![h],
-        ["weight", "gate_proj" | "up_proj"] => vec![f, h],
-        ["weight", "down_proj"] => vec![h, f],
+    Some(match name.rsplit('.').take(2).collect::<Vec<_>>()[..] {
+        ["weight", "embed_tokens" | "lm_head"] => (vec![cfg.vocab_size, h], &["vocab_size", "hidden_size"]),
+        ["weight", "input_layernorm" | "post_attention_layernorm" | "norm"] => (vec![h], &["hidden_size"]),
+        ["weight", "q_proj"] => (vec![q, h], HEADS),
+        ["bias", "q_proj"] => (vec![q], HEADS),
+        ["weight", "k_proj" | "v_proj"] => (vec![kv, h], KV_HEADS),
+        ["bias", "k_proj" | "v_proj"] => (vec![kv], KV_HEADS),
+        ["weight", "o_proj"] => (vec![h, q], HEADS),
+        ["bias", "o_proj"] => (vec![h], &["hidden_size"]),
+        ["weight", "gate_proj" | "up_proj"] => (vec![f, h], MLP),
+        ["weight", "down_proj"] => (vec![h, f], MLP),
         _ => return None,
-    };
-    Some(shape)
+    })
+}
+
+/// The value behind a [`shape_and_fields`] field name.
+fn field_value(cfg: &Config, field: &str) -> usize {
+    match field {
+        "vocab_size" => cfg.vocab_size,
+        "hidden_size" => cfg.hidden_size,
+        "num_attention_heads" => cfg.num_attention_heads,
+        "num_key_value_heads" => cfg.num_key_value_heads,
+        "head_dim" => cfg.head_dim,
+        _ => cfg.intermediate_size,
+    }
+}
+
+/// Checks that `files` hold every tensor the decoder reads, each in the
+/// shape `config.json` implies; a mismatch names the fields behind the
+/// expected shape (candle's own error names only the tensor).
+fn check_hf_tensors(files: &[PathBuf], cfg: &Config) -> std::result::Result<(), String> {
+    // SAFETY: a read-only map, only its headers read (see the VarBuilder's
+    // in `hf_parts`).
+    let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(files) }
+        .map_err(|e| format!("unreadable weights: {}", crate::error::candle_reason(&e)))?;
+    for name in tensor_names(cfg) {
+        let view = st.get(&name).map_err(|_| format!("weights lack tensor `{name}`"))?;
+        let Some((want, fields)) = shape_and_fields(cfg, &name) else { continue };
+        if view.shape() != want.as_slice() {
+            let fields: Vec<String> = fields.iter().map(|f| format!("{f} {}", field_value(cfg, f))).collect();
+            return Err(format!(
+                "tensor `{name}` has shape {:?}, but config.json's {} imply {want:?}",
+                view.shape(),
+                fields.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn sha256_files(paths: &[PathBuf]) -> Result<String> {
@@ -387,33 +429,17 @@ fn hf_parts<'a>(dir: &Path, mode: WeightMode, device: &Device) -> Result<Parts<'
         WeightMode::Bf16 => DType::BF16,
         _ => DType::F32,
     };
+    check_hf_tensors(&weight_files, &config).map_err(bad)?;
     // SAFETY: the files are memory-mapped read-only; like every mmap
     // loader this assumes nobody rewrites them while the model is loaded.
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&weight_files, dtype, device)? };
     let weights = match mode {
-        WeightMode::F32 | WeightMode::Bf16 => {
-            for name in tensor_names(&config) {
-                if !vb.contains_tensor(&name) {
-                    return Err(bad(format!("weights lack tensor `{name}`")));
-                }
-            }
-            WeightSet::Mapped(vb)
-        }
-        WeightMode::Quantized if device.is_cpu() && crate::kernels::Q8Matrix::supported() => {
-            for name in tensor_names(&config) {
-                if !vb.contains_tensor(&name) {
-                    return Err(bad(format!("weights lack tensor `{name}`")));
-                }
-            }
-            WeightSet::MappedQ8(vb)
-        }
+        WeightMode::F32 | WeightMode::Bf16 => WeightSet::Mapped(vb),
+        WeightMode::Quantized if device.is_cpu() && crate::kernels::Q8Matrix::supported() => WeightSet::MappedQ8(vb),
         WeightMode::Quantized => {
             let mut matrices = HashMap::new();
             let mut dense = HashMap::new();
             for name in tensor_names(&config) {
-                if !vb.contains_tensor(&name) {
-                    return Err(bad(format!("weights lack tensor `{name}`")));
-                }
                 let t = vb.get_unchecked(&name)?.to_dtype(DType::F32)?;
                 let is_matrix = name.ends_with("proj.weight") || name == "lm_head.weight";
                 if is_matrix {

@@ -79,6 +79,45 @@ fn missing_and_corrupt_files_are_clear_errors() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A config.json that disagrees with its weights names the fields behind
+/// the shape it expected, in every weight mode, before anything loads.
+#[test]
+fn config_that_disagrees_with_the_weights_names_its_fields() {
+    let src = common::fixture("tiny_models/llama");
+    let dir = common::fresh_dir("hf-shapes");
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let config = std::fs::read_to_string(src.join("config.json")).unwrap();
+    for (from, to, want) in [
+        (
+            r#""intermediate_size": 160"#,
+            r#""intermediate_size": 128"#,
+            "`model.layers.0.mlp.gate_proj.weight` has shape [160, 64], but config.json's intermediate_size 128, \
+             hidden_size 64 imply [128, 64]",
+        ),
+        (
+            r#""num_key_value_heads": 1"#,
+            r#""num_key_value_heads": 2"#,
+            "num_key_value_heads 2, head_dim 24, hidden_size 64 imply [48, 64]",
+        ),
+        (
+            r#""num_hidden_layers": 2"#,
+            r#""num_hidden_layers": 3"#,
+            "lack tensor `model.layers.2.input_layernorm.weight`",
+        ),
+    ] {
+        assert!(config.contains(from), "{from}");
+        std::fs::write(dir.join("config.json"), config.replace(from, to)).unwrap();
+        for mode in [WeightMode::F32, WeightMode::Quantized] {
+            let err = load_model(&dir, mode, &Device::Cpu).unwrap_err();
+            assert!(matches!(err, Error::BadModelDir { .. }), "{err}");
+            assert!(err.to_string().contains(want), "{err}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn unsupported_architecture_is_named() {
     let dir = common::fresh_dir("arch");
