@@ -144,17 +144,23 @@ fn f32_to_f16(x: f32) -> u16 {
     sign | h as u16
 }
 
-/// Activations `[m, k]` quantized per block of 32.
+/// Activations `[m, k]` quantized per block of 32, stored block-major:
+/// block `b` of every row, then block `b + 1`. A tile's rows of one block
+/// then sit at fixed offsets from one pointer, so the kernels address
+/// them with displacements instead of a register per row (which cost
+/// address arithmetic in the inner loop, bound by instruction issue).
 #[derive(Default)]
 pub(crate) struct Acts {
-    /// `[m, kb × 32]`.
+    /// Rows.
+    m: usize,
+    /// `[kb, m, 32]`.
     qs: Vec<i8>,
-    /// `da` per block, `[m, kb]`.
+    /// `da` per block, `[kb, m]`.
     scales: Vec<f32>,
-    /// `da·Σa` per block, `[m, kb]`: the Q4_1 min term's factor (empty
+    /// `da·Σa` per block, `[kb, m]`: the Q4_1 min term's factor (empty
     /// for formats without one).
     sums: Vec<f32>,
-    /// `Σa` per block, `[m, kb]`, exact: the 512-bit 8-bit kernel's offset
+    /// `Σa` per block, `[kb, m]`, exact: the 512-bit 8-bit kernel's offset
     /// correction (see [`q8_tile_wide`]).
     isums: Vec<i32>,
 }
@@ -162,7 +168,7 @@ pub(crate) struct Acts {
 impl Acts {
     /// No rows yet (see [`Acts::fill`]).
     const fn empty() -> Self {
-        Self { qs: Vec::new(), scales: Vec::new(), sums: Vec::new(), isums: Vec::new() }
+        Self { m: 0, qs: Vec::new(), scales: Vec::new(), sums: Vec::new(), isums: Vec::new() }
     }
 
     #[cfg(test)]
@@ -175,21 +181,24 @@ impl Acts {
     /// Quantizes `x [m, k]` into these buffers.
     fn fill(&mut self, x: &[f32], m: usize, k: usize, with_sums: bool) {
         let kb = k / Q8_BLOCK;
-        let Self { qs, scales, sums, isums } = self;
+        let Self { m: rows, qs, scales, sums, isums } = self;
+        *rows = m;
         qs.resize(m * k, 0);
         scales.resize(m * kb, 0.0);
         isums.resize(m * kb, 0);
-        let rows = qs.chunks_exact_mut(k).zip(scales.chunks_exact_mut(kb)).zip(isums.chunks_exact_mut(kb));
-        for (((q, d), s), xr) in rows.zip(x.chunks_exact(k)).take(m) {
+        for (r, xr) in x.chunks_exact(k).take(m).enumerate() {
             #[cfg(target_arch = "x86_64")]
             if supported() {
-                // SAFETY: AVX2 was just checked; the slices are whole blocks.
-                unsafe { quantize_row_avx2(xr, q, d, s) };
+                // SAFETY: AVX2 was just checked; `x` holds whole blocks and
+                // the buffers `m·kb` of them.
+                unsafe { quantize_row_avx2(xr, qs, scales, isums, r, m) };
                 continue;
             }
-            quantize_blocks(xr, q, d);
-            for (si, blk) in s.iter_mut().zip(q.chunks_exact(Q8_BLOCK)) {
-                *si = blk.iter().map(|&v| v as i32).sum();
+            for (b, xb) in xr.chunks_exact(Q8_BLOCK).enumerate() {
+                let at = b * m + r;
+                let q = &mut qs[at * Q8_BLOCK..][..Q8_BLOCK];
+                quantize_blocks(xb, q, std::slice::from_mut(&mut scales[at]));
+                isums[at] = q.iter().map(|&v| v as i32).sum();
             }
         }
         sums.clear();
@@ -201,15 +210,16 @@ impl Acts {
 
 /// [`quantize_blocks`] with AVX2, bit for bit (the same multiply, and
 /// `cvtps` rounds to nearest even like `round_small`), plus each block's
-/// `Σq`. Activations are quantized before every matrix product, on one
-/// thread, so the scalar loop showed in profiles.
+/// `Σq`, for row `row` of `m` in [`Acts`]' block-major buffers.
+/// Activations are quantized before every matrix product, on one thread,
+/// so the scalar loop showed in profiles.
 ///
 /// # Safety
-/// AVX2 is present; `xs.len() == qs.len()` is a multiple of 32 and
-/// `scales` and `sums` have one slot per block.
+/// AVX2 is present; `xs.len()` is a multiple of 32 and the buffers hold
+/// `m` rows of its blocks.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn quantize_row_avx2(xs: &[f32], qs: &mut [i8], scales: &mut [f32], sums: &mut [i32]) {
+unsafe fn quantize_row_avx2(xs: &[f32], qs: &mut [i8], scales: &mut [f32], sums: &mut [i32], row: usize, m: usize) {
     use std::arch::x86_64::*;
     // SAFETY: see the function's contract; every access is inside one
     // 32-value block of the slices.
@@ -218,7 +228,9 @@ unsafe fn quantize_row_avx2(xs: &[f32], qs: &mut [i8], scales: &mut [f32], sums:
         let (lo, hi) = (_mm256_set1_epi32(-127), _mm256_set1_epi32(127));
         // `packs` interleaves 128-bit lanes; this puts the bytes back in order.
         let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-        for (b, (x, q)) in xs.chunks_exact(Q8_BLOCK).zip(qs.chunks_exact_mut(Q8_BLOCK)).enumerate() {
+        for (b, x) in xs.chunks_exact(Q8_BLOCK).enumerate() {
+            let at = b * m + row;
+            let q = &mut qs[at * Q8_BLOCK..][..Q8_BLOCK];
             let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(x.as_ptr().add(8 * i)));
             let mut amax = _mm256_max_ps(_mm256_and_ps(v[0], abs_mask), _mm256_and_ps(v[1], abs_mask));
             amax = _mm256_max_ps(amax, _mm256_max_ps(_mm256_and_ps(v[2], abs_mask), _mm256_and_ps(v[3], abs_mask)));
@@ -232,11 +244,11 @@ unsafe fn quantize_row_avx2(xs: &[f32], qs: &mut [i8], scales: &mut [f32], sums:
             });
             let packed = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
             _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, _mm256_permutevar8x32_epi32(packed, order));
-            scales[b] = scale;
+            scales[at] = scale;
             let t = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
             let t4 = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
             let t2 = _mm_add_epi32(t4, _mm_unpackhi_epi64(t4, t4));
-            sums[b] = _mm_cvtsi128_si32(_mm_add_epi32(t2, _mm_shuffle_epi32(t2, 1)));
+            sums[at] = _mm_cvtsi128_si32(_mm_add_epi32(t2, _mm_shuffle_epi32(t2, 1)));
         }
     }
 }
@@ -847,30 +859,69 @@ unsafe fn run_tile<F: Format>(rows: usize, panels: usize, w: &PanelMatrix<F>, ac
     }
 }
 
-/// The activation pointers and block scales a tile reads.
+/// The activations a tile reads, from its first row on: row `r` of the
+/// tile, block `b` (see [`Acts`]' layout).
 #[cfg(target_arch = "x86_64")]
-struct TileRows<const R: usize> {
-    qs: [*const u8; R],
-    scales: [*const f32; R],
-    sums: [*const f32; R],
-    isums: [*const i32; R],
+struct TileRows {
+    qs: *const u8,
+    scales: *const f32,
+    sums: *const f32,
+    isums: *const i32,
+    /// Rows in `acts`: the stride from one block to the next.
+    m: usize,
 }
 
 #[cfg(target_arch = "x86_64")]
-impl<const R: usize> TileRows<R> {
+impl TileRows {
     /// # Safety
-    /// Rows `r0..r0 + R` exist in `acts`.
-    unsafe fn new(acts: &Acts, r0: usize, k: usize, kb: usize) -> Self {
-        // SAFETY: the rows exist (contract); `sums` is only read for Q4_1,
+    /// Row `r0` exists in `acts`.
+    unsafe fn new(acts: &Acts, r0: usize) -> Self {
+        // SAFETY: the row exists (contract); `sums` is only read for Q4_1,
         // where it has the same shape as `scales`.
         unsafe {
             Self {
-                qs: std::array::from_fn(|r| acts.qs.as_ptr().add((r0 + r) * k) as *const u8),
-                scales: std::array::from_fn(|r| acts.scales.as_ptr().add((r0 + r) * kb)),
-                sums: std::array::from_fn(|r| acts.sums.as_ptr().wrapping_add((r0 + r) * kb)),
-                isums: std::array::from_fn(|r| acts.isums.as_ptr().add((r0 + r) * kb)),
+                qs: acts.qs.as_ptr().add(r0 * Q8_BLOCK) as *const u8,
+                scales: acts.scales.as_ptr().add(r0),
+                sums: acts.sums.as_ptr().wrapping_add(r0),
+                isums: acts.isums.as_ptr().add(r0),
+                m: acts.m,
             }
         }
+    }
+
+    /// Four activation bytes of row `r`, block `b`, from input `at` of the
+    /// block, as one broadcast lane.
+    ///
+    /// # Safety
+    /// The row and block exist; `at + 4 <= 32`.
+    #[inline(always)]
+    unsafe fn four(&self, r: usize, b: usize, at: usize) -> i32 {
+        // SAFETY: inside the buffer (contract).
+        unsafe { (self.qs.add((b * self.m + r) * Q8_BLOCK + at) as *const i32).read_unaligned() }
+    }
+
+    /// # Safety
+    /// The row and block exist.
+    #[inline(always)]
+    unsafe fn scale(&self, r: usize, b: usize) -> f32 {
+        // SAFETY: inside the buffer (contract).
+        unsafe { *self.scales.add(b * self.m + r) }
+    }
+
+    /// # Safety
+    /// The row and block exist, and the activations have sums (Q4_1).
+    #[inline(always)]
+    unsafe fn sum(&self, r: usize, b: usize) -> f32 {
+        // SAFETY: inside the buffer (contract).
+        unsafe { *self.sums.add(b * self.m + r) }
+    }
+
+    /// # Safety
+    /// The row and block exist.
+    #[inline(always)]
+    unsafe fn isum(&self, r: usize, b: usize) -> i32 {
+        // SAFETY: inside the buffer (contract).
+        unsafe { *self.isums.add(b * self.m + r) }
     }
 }
 
@@ -887,13 +938,13 @@ impl<F: Format> PanelMatrix<F> {
         p0: usize,
         r0: usize,
         prefetch: bool,
-    ) -> ([*const u8; C], TileRows<R>, Prefetch) {
+    ) -> ([*const u8; C], TileRows, Prefetch) {
         let per_panel = self.kb * F::PANEL_BLOCK;
         // SAFETY: the panels and rows exist (contract).
         unsafe {
             (
                 std::array::from_fn(|c| self.data.as_ptr().add((p0 + c) * per_panel)),
-                TileRows::new(acts, r0, self.k, self.kb),
+                TileRows::new(acts, r0),
                 Prefetch::new(&self.data, (p0 + C) * per_panel, C * F::PANEL_BLOCK, prefetch),
             )
         }
@@ -947,9 +998,9 @@ macro_rules! q4_kernel {
                                     _mm256_and_si256(_mm256_srli_epi16::<4>(raw[c]), low)
                                 }
                             });
-                            let at = b * Q8_BLOCK + 4 * (2 * v + half);
+                            let at = 4 * (2 * v + half);
                             for r in 0..R {
-                                let $a = _mm256_set1_epi32((rows.qs[r].add(at) as *const i32).read_unaligned());
+                                let $a = _mm256_set1_epi32(rows.four(r, b, at));
                                 for c in 0..C {
                                     let ($dot, $w) = (dot[r][c], wv[c]);
                                     dot[r][c] = $step;
@@ -964,8 +1015,8 @@ macro_rules! q4_kernel {
                         _mm256_cvtph_ps(_mm_loadu_si128(panels[c].add(b * pb + 144) as *const __m128i))
                     });
                     for r in 0..R {
-                        let da = _mm256_set1_ps(*rows.scales[r].add(b));
-                        let sa = _mm256_set1_ps(*rows.sums[r].add(b));
+                        let da = _mm256_set1_ps(rows.scale(r, b));
+                        let sa = _mm256_set1_ps(rows.sum(r, b));
                         for c in 0..C {
                             let $t = dot[r][c];
                             let x = _mm256_cvtepi32_ps($total);
@@ -1010,9 +1061,8 @@ macro_rules! q8_kernel {
                             _mm256_loadu_si256(panels[c].add(b * pb + step * 32) as *const __m256i)
                         });
                         let wabs: [__m256i; C] = std::array::from_fn(|c| _mm256_sign_epi8(wv[c], wv[c]));
-                        let at = b * Q8_BLOCK + 4 * step;
                         for r in 0..R {
-                            let a = _mm256_set1_epi32((rows.qs[r].add(at) as *const i32).read_unaligned());
+                            let a = _mm256_set1_epi32(rows.four(r, b, 4 * step));
                             for c in 0..C {
                                 let ($dot, $w, $a) = (dot[r][c], wabs[c], _mm256_sign_epi8(a, wv[c]));
                                 dot[r][c] = $step;
@@ -1023,7 +1073,7 @@ macro_rules! q8_kernel {
                         _mm256_cvtph_ps(_mm_loadu_si128(panels[c].add(b * pb + 256) as *const __m128i))
                     });
                     for r in 0..R {
-                        let da = _mm256_set1_ps(*rows.scales[r].add(b));
+                        let da = _mm256_set1_ps(rows.scale(r, b));
                         for c in 0..C {
                             acc[r][c] =
                                 _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[r][c]), _mm256_mul_ps(d[c], da), acc[r][c]);
@@ -1068,22 +1118,22 @@ q8_kernel!(
 /// The pointers a 512-bit tile reads: pair `j` is panels `p0 + 2j` and
 /// `p0 + 2j + 1`, one in each 256-bit half of a vector.
 #[cfg(target_arch = "x86_64")]
-struct WideInputs<const R: usize, const P: usize> {
+struct WideInputs<const P: usize> {
     lo: [*const u8; P],
     hi: [*const u8; P],
-    rows: TileRows<R>,
+    rows: TileRows,
     next: Prefetch,
 }
 
 #[cfg(target_arch = "x86_64")]
 impl<F: Format> PanelMatrix<F> {
     /// # Safety
-    /// Panels `p0..p0 + 2P` and rows `r0..r0 + R` exist.
-    unsafe fn wide_inputs<const R: usize, const P: usize>(&self, acts: &Acts, at: TileAt) -> WideInputs<R, P> {
+    /// Panels `p0..p0 + 2P` and row `r0` exist.
+    unsafe fn wide_inputs<const P: usize>(&self, acts: &Acts, at: TileAt) -> WideInputs<P> {
         let per_panel = self.kb * F::PANEL_BLOCK;
         let panel = |c: usize| self.data.as_ptr().wrapping_add((at.p0 + c) * per_panel);
         // SAFETY: the rows exist (contract).
-        let rows = unsafe { TileRows::new(acts, at.r0, self.k, self.kb) };
+        let rows = unsafe { TileRows::new(acts, at.r0) };
         WideInputs {
             lo: std::array::from_fn(|j| panel(2 * j)),
             hi: std::array::from_fn(|j| panel(2 * j + 1)),
@@ -1178,7 +1228,7 @@ unsafe fn q4_tile_wide<const R: usize, const P: usize>(w: &PanelMatrix<Q4>, acts
     // SAFETY: see the function's contract.
     unsafe {
         let (kb, pb) = (w.kb, Q4::PANEL_BLOCK);
-        let WideInputs { lo, hi, rows, next } = w.wide_inputs::<R, P>(acts, at);
+        let WideInputs { lo, hi, rows, next } = w.wide_inputs::<P>(acts, at);
         let low = _mm512_set1_epi8(0x0f);
         let mut acc = [[_mm512_setzero_ps(); P]; R];
         for b in 0..kb {
@@ -1196,9 +1246,9 @@ unsafe fn q4_tile_wide<const R: usize, const P: usize>(w: &PanelMatrix<Q4>, acts
                             _mm512_and_si512(_mm512_srli_epi16::<4>(raw[j]), low)
                         }
                     });
-                    let q = b * Q8_BLOCK + 4 * (2 * v + half);
+                    let q = 4 * (2 * v + half);
                     for r in 0..R {
-                        let a = _mm512_set1_epi32((rows.qs[r].add(q) as *const i32).read_unaligned());
+                        let a = _mm512_set1_epi32(rows.four(r, b, q));
                         for j in 0..P {
                             dot[r][j] = _mm512_dpbusd_epi32(dot[r][j], wv[j], a);
                         }
@@ -1210,8 +1260,8 @@ unsafe fn q4_tile_wide<const R: usize, const P: usize>(w: &PanelMatrix<Q4>, acts
             let mins: [__m512; P] =
                 std::array::from_fn(|j| load_pair_f16(lo[j].add(b * pb + 144), hi[j].add(b * pb + 144)));
             for r in 0..R {
-                let da = _mm512_set1_ps(*rows.scales[r].add(b));
-                let sa = _mm512_set1_ps(*rows.sums[r].add(b));
+                let da = _mm512_set1_ps(rows.scale(r, b));
+                let sa = _mm512_set1_ps(rows.sum(r, b));
                 for j in 0..P {
                     let x = _mm512_cvtepi32_ps(dot[r][j]);
                     acc[r][j] = _mm512_fmadd_ps(x, _mm512_mul_ps(d[j], da), acc[r][j]);
@@ -1239,7 +1289,7 @@ unsafe fn q8_tile_wide<const R: usize, const P: usize>(w: &PanelMatrix<Q8>, acts
     // SAFETY: see the function's contract.
     unsafe {
         let (kb, pb) = (w.kb, Q8::PANEL_BLOCK);
-        let WideInputs { lo, hi, rows, next } = w.wide_inputs::<R, P>(acts, at);
+        let WideInputs { lo, hi, rows, next } = w.wide_inputs::<P>(acts, at);
         let flip = _mm512_set1_epi8(i8::MIN);
         let mut acc = [[_mm512_setzero_ps(); P]; R];
         for b in 0..kb {
@@ -1250,9 +1300,8 @@ unsafe fn q8_tile_wide<const R: usize, const P: usize>(w: &PanelMatrix<Q8>, acts
                 let at = b * pb + step * 32;
                 let wv: [__m512i; P] =
                     std::array::from_fn(|j| _mm512_xor_si512(load_pair(lo[j].add(at), hi[j].add(at)), flip));
-                let q = b * Q8_BLOCK + 4 * step;
                 for r in 0..R {
-                    let a = _mm512_set1_epi32((rows.qs[r].add(q) as *const i32).read_unaligned());
+                    let a = _mm512_set1_epi32(rows.four(r, b, 4 * step));
                     for j in 0..P {
                         dot[r][j] = _mm512_dpbusd_epi32(dot[r][j], wv[j], a);
                     }
@@ -1261,8 +1310,8 @@ unsafe fn q8_tile_wide<const R: usize, const P: usize>(w: &PanelMatrix<Q8>, acts
             let d: [__m512; P] =
                 std::array::from_fn(|j| load_pair_f16(lo[j].add(b * pb + 256), hi[j].add(b * pb + 256)));
             for r in 0..R {
-                let da = _mm512_set1_ps(*rows.scales[r].add(b));
-                let offset = _mm512_set1_epi32(128 * *rows.isums[r].add(b));
+                let da = _mm512_set1_ps(rows.scale(r, b));
+                let offset = _mm512_set1_epi32(128 * rows.isum(r, b));
                 for j in 0..P {
                     let x = _mm512_cvtepi32_ps(_mm512_sub_epi32(dot[r][j], offset));
                     acc[r][j] = _mm512_fmadd_ps(x, _mm512_mul_ps(d[j], da), acc[r][j]);
@@ -1509,14 +1558,19 @@ mod tests {
         for r in 0..5 {
             quantize_blocks(&x[r * 96..(r + 1) * 96], &mut qs[r * 96..(r + 1) * 96], &mut scales[r * 3..(r + 1) * 3]);
         }
-        assert_eq!(acts.qs, qs);
-        assert_eq!(acts.scales, scales);
-        for (b, blk) in qs.chunks_exact(32).enumerate() {
-            let total = blk.iter().map(|&v| v as i32).sum::<i32>();
-            assert_eq!(acts.isums[b], total);
-            assert_eq!(acts.sums[b], total as f32 * scales[b]);
+        // Block-major: block b of row r is slot b·5 + r.
+        for r in 0..5 {
+            for b in 0..3 {
+                let (row_major, at) = (r * 3 + b, b * 5 + r);
+                let blk = &qs[row_major * 32..][..32];
+                assert_eq!(acts.qs[at * 32..][..32], *blk, "row {r} block {b}");
+                assert_eq!(acts.scales[at], scales[row_major]);
+                let total = blk.iter().map(|&v| v as i32).sum::<i32>();
+                assert_eq!(acts.isums[at], total);
+                assert_eq!(acts.sums[at], total as f32 * scales[row_major]);
+            }
         }
-        assert!(acts.qs[32..64].iter().all(|&q| q == 0) && acts.scales[1] == 0.0);
+        assert!(acts.qs[5 * 32..6 * 32].iter().all(|&q| q == 0) && acts.scales[5] == 0.0);
     }
 
     #[test]
