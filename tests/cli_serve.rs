@@ -194,3 +194,30 @@ fn cli_generate_checks_its_settings_before_loading_and_reports_output_errors() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("writing to standard output") && !stderr.contains("panicked"), "{stderr}");
 }
+
+/// `rlt logprobs` on a text longer than one pass (512 tokens): JSON with
+/// every token, the first without a log-prob, and a sum that adds up.
+#[test]
+fn cli_logprobs_scores_a_long_text_in_passes() {
+    let text = "The robot counted 17 gears and then wrote x^2 + 1. ".repeat(60);
+    let out = Command::new(rlt_binary())
+        .args(["logprobs", "--temperature", "0.7", "--text", &text])
+        .env("RLT_DATA_DIR", rlt_tests::data_dir())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tokens = v["tokens"].as_array().unwrap();
+    assert!(tokens.len() > 600, "{}", tokens.len());
+    assert!(tokens[0]["logprob"].is_null());
+    let lps: Vec<f64> = tokens[1..].iter().map(|t| t["logprob"].as_f64().expect("a number")).collect();
+    assert!(lps.iter().all(|&lp| lp <= 0.0));
+    let sum: f64 = lps.iter().sum();
+    assert!((sum - v["sum_logprob"].as_f64().unwrap()).abs() < 1e-3 * sum.abs().max(1.0));
+    // The model picks up the repetition: after the first pass (512 tokens)
+    // the sentence is far likelier than at its first occurrence.
+    let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
+    let (first, late) = (mean(&lps[..14]), mean(&lps[550..]));
+    assert!(late > first + 1.0 && late > -0.5, "mean log-prob {first} at first, {late} after the first pass");
+}

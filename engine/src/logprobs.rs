@@ -60,24 +60,92 @@ pub fn batch_logprobs(model: &Model, input_ids: &Tensor, left_pad: &[usize], tem
     for r in 0..b {
         let h = hidden.get(r)?.narrow(0, 0, t - 1)?;
         let targets = input_ids.get(r)?.narrow(0, 1, t - 1)?;
-        let fused = model.mode() == Mode::Inference && model.device().is_cpu() && model.dtype() == DType::F32;
-        let mut parts = Vec::new();
-        let mut start = 0;
-        while start < t - 1 {
-            let len = LOGIT_CHUNK.min(t - 1 - start);
-            let logits = model.logits(&h.narrow(0, start, len)?)?;
-            let targets = targets.narrow(0, start, len)?;
-            parts.push(if fused {
-                let lp = crate::kernels::select_logprobs_cpu(&logits, &targets.to_vec1::<u32>()?, temperature as f32)?;
-                Tensor::from_vec(lp, len, model.device())?
-            } else {
-                select_logprobs(&logits, &targets, temperature)?
-            });
-            start += len;
-        }
-        rows.push(Tensor::cat(&parts, 0)?);
+        rows.push(hidden_logprobs(model, &h, &targets, temperature)?);
     }
     Ok(Tensor::stack(&rows, 0)?)
+}
+
+/// Log-probs `[n]` of `targets [n]` after hidden states `[n, hidden]`,
+/// their logits materialised [`LOGIT_CHUNK`] positions at a time.
+fn hidden_logprobs(model: &Model, h: &Tensor, targets: &Tensor, temperature: f64) -> Result<Tensor> {
+    let n = targets.dim(0)?;
+    let fused = model.mode() == Mode::Inference && model.device().is_cpu() && model.dtype() == DType::F32;
+    let mut parts = Vec::new();
+    let mut start = 0;
+    while start < n {
+        let len = LOGIT_CHUNK.min(n - start);
+        let logits = model.logits(&h.narrow(0, start, len)?)?;
+        let targets = targets.narrow(0, start, len)?;
+        parts.push(if fused {
+            let lp = crate::kernels::select_logprobs_cpu(&logits, &targets.to_vec1::<u32>()?, temperature as f32)?;
+            Tensor::from_vec(lp, len, model.device())?
+        } else {
+            select_logprobs(&logits, &targets, temperature)?
+        });
+        start += len;
+    }
+    Ok(Tensor::cat(&parts, 0)?)
+}
+
+/// Refuses a sequence longer than the context or with an id outside the
+/// vocabulary.
+fn check_sequence(model: &Model, s: &[u32]) -> Result<()> {
+    let context = model.config().max_position_embeddings;
+    let vocab = model.config().vocab_size as u32;
+    if s.len() > context {
+        return Err(Error::ContextOverflow { len: s.len(), context });
+    }
+    if let Some(bad) = s.iter().find(|&&id| id >= vocab) {
+        return Err(Error::InvalidInput(format!("token id {bad} outside the vocabulary of {vocab}")));
+    }
+    Ok(())
+}
+
+/// Positions per forward pass of [`sequence_logprobs`]: a few seconds
+/// each on two cores.
+pub const PROGRESS_CHUNK: usize = 512;
+
+/// [`token_logprobs`] of one sequence, `chunk` positions per forward pass
+/// through the KV cache, calling `progress(done, total)` (positions
+/// scored so far, and in all) after each pass: scoring 8k tokens takes
+/// half a minute on two cores, and a caller can show how far it has got.
+/// A sequence of at most `chunk` tokens is scored in one pass, exactly as
+/// [`token_logprobs`] scores it. A longer one gives the same values to
+/// float rounding in f32 (each query's attention adds the same keys, in
+/// blocks split at other places); with quantized weights such a last-bit
+/// difference can tip an activation's 8-bit rounding, and a few positions
+/// then move by up to a few tenths.
+pub fn sequence_logprobs(
+    model: &Model,
+    ids: &[u32],
+    temperature: f64,
+    chunk: usize,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Vec<f32>> {
+    check_temperature(temperature)?;
+    check_sequence(model, ids)?;
+    let total = ids.len().saturating_sub(1);
+    if ids.len() <= chunk.max(2) {
+        let lp = token_logprobs(model, &[ids.to_vec()], temperature)?.remove(0);
+        progress(total, total);
+        return Ok(lp);
+    }
+    let mut cache = model.new_cache(vec![0]);
+    let mut out = Vec::with_capacity(total);
+    for start in (0..ids.len()).step_by(chunk) {
+        let end = (start + chunk).min(ids.len());
+        let input = Tensor::new(&ids[start..end], model.device())?.unsqueeze(0)?;
+        let hidden = model.forward_cached(&input, &mut cache)?;
+        // Positions whose next token exists: all but the sequence's last.
+        let scored = end.min(total) - start;
+        if scored > 0 {
+            let targets = Tensor::new(&ids[start + 1..start + 1 + scored], model.device())?;
+            let h = hidden.get(0)?.narrow(0, 0, scored)?;
+            out.extend(hidden_logprobs(model, &h, &targets, temperature)?.to_vec1::<f32>()?);
+        }
+        progress(out.len(), total);
+    }
+    Ok(out)
 }
 
 /// Log-probs of every token after the first, for each sequence: result
@@ -85,15 +153,8 @@ pub fn batch_logprobs(model: &Model, input_ids: &Tensor, left_pad: &[usize], tem
 /// length and scored without a graph.
 pub fn token_logprobs(model: &Model, sequences: &[Vec<u32>], temperature: f64) -> Result<Vec<Vec<f32>>> {
     check_temperature(temperature)?;
-    let context = model.config().max_position_embeddings;
-    let vocab = model.config().vocab_size as u32;
     for s in sequences {
-        if s.len() > context {
-            return Err(Error::ContextOverflow { len: s.len(), context });
-        }
-        if let Some(bad) = s.iter().find(|&&id| id >= vocab) {
-            return Err(Error::InvalidInput(format!("token id {bad} outside the vocabulary of {vocab}")));
-        }
+        check_sequence(model, s)?;
     }
     // Longest first, so each batch pads to its own first length.
     let mut order: Vec<usize> = (0..sequences.len()).collect();

@@ -6,7 +6,7 @@ mod common;
 use candle_core::{D, DType, Device, Tensor};
 use candle_nn::VarMap;
 use rlt_engine::load::load_trainable;
-use rlt_engine::logprobs::{batch_logprobs, token_logprobs};
+use rlt_engine::logprobs::{batch_logprobs, sequence_logprobs, token_logprobs};
 
 fn ids(text: &str) -> Vec<u32> {
     common::f32_model().tokenizer.encode(text).unwrap()
@@ -135,6 +135,45 @@ fn training_mode_matches_inference_and_has_gradients() {
     // which fails if any op on the path lacks a backward pass.
     assert_eq!(with_grad, vars.len());
     let _ = (DType::F32, D::Minus1);
+}
+
+/// A long text scored in passes through the cache, with progress, gives
+/// what one pass gives, in f32 and with quantized weights.
+#[test]
+fn chunked_scoring_matches_one_pass_and_reports_progress() {
+    let text = "<|im_start|>user\nCount: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20.<|im_end|>\n".repeat(6);
+    let seq = ids(&text);
+    assert!(seq.len() > 200, "{}", seq.len());
+    for (m, quantized) in [(&common::f32_model().model, false), (&common::q8_model().model, true)] {
+        let what = if quantized { "quantized" } else { "f32" };
+        let whole = token_logprobs(m, std::slice::from_ref(&seq), 0.7).unwrap().remove(0);
+        // 64-token passes, the last one holding a single position with
+        // nothing after it to score.
+        let cut = &seq[..seq.len() - (seq.len() - 1) % 64];
+        for (seq, chunk) in [(&seq[..], 64), (cut, 64)] {
+            let mut seen = Vec::new();
+            let lp = sequence_logprobs(m, seq, 0.7, chunk, |done, total| seen.push((done, total))).unwrap();
+            assert_eq!(lp.len(), seq.len() - 1);
+            let diffs: Vec<f32> = lp.iter().zip(&whole).map(|(a, b)| (a - b).abs()).collect();
+            let worst = diffs.iter().copied().fold(0f32, f32::max);
+            let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
+            if quantized {
+                // A last-bit change in attention can tip an activation's
+                // 8-bit rounding, and a few positions then move by tenths.
+                assert!(mean < 5e-3 && worst < 0.5, "{what}: chunked differs by {mean} on average, {worst} at most");
+            } else {
+                assert!(worst < 1e-3, "{what}: chunked differs by {worst}");
+            }
+            let total = seq.len() - 1;
+            assert_eq!(seen.last(), Some(&(total, total)), "{what}");
+            assert_eq!(seen.len(), seq.len().div_ceil(chunk), "{what}: one call per pass");
+            assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "{what}: progress goes forward");
+        }
+        // Short enough for one pass: exactly token_logprobs.
+        let short = &seq[..50];
+        let lp = sequence_logprobs(m, short, 0.7, 64, |_, _| {}).unwrap();
+        assert_eq!(lp, token_logprobs(m, &[short.to_vec()], 0.7).unwrap().remove(0));
+    }
 }
 
 #[test]

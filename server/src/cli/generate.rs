@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rlt_engine::chat_template::{Ending, Message};
 use rlt_engine::generate::{GenerateParams, generate};
 use rlt_engine::load::WeightMode;
-use rlt_engine::logprobs::token_logprobs;
+use rlt_engine::logprobs::{PROGRESS_CHUNK, sequence_logprobs};
 use serde_json::json;
 
 use super::{GlobalArgs, print_line};
@@ -170,9 +170,23 @@ pub async fn run_logprobs(global: &GlobalArgs, args: LogprobsArgs) -> anyhow::Re
             None => args.ids.clone(),
         };
         anyhow::ensure!(ids.len() >= 2, "give at least two tokens (--text or --ids); the first has no log-prob");
-        let lp = token_logprobs(&model.model, std::slice::from_ref(&ids), args.temperature)
-            .context("scoring the tokens")?
-            .remove(0);
+        // A long text takes a while (8k tokens: half a minute on two
+        // cores): it goes through in passes, with a bar; a short one in one.
+        let bar = ProgressBar::hidden();
+        if ids.len() > PROGRESS_CHUNK {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            bar.set_length((ids.len() - 1) as u64);
+            bar.set_style(
+                ProgressStyle::with_template("scoring [{bar:40}] {pos}/{len} tokens {per_sec}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+        }
+        let lp = sequence_logprobs(&model.model, &ids, args.temperature, PROGRESS_CHUNK, |done, _| {
+            bar.set_position(done as u64)
+        })
+        .context("scoring the tokens")?;
+        bar.finish_and_clear();
         let tokens: Vec<_> = ids
             .iter()
             .enumerate()
