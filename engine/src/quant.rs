@@ -215,8 +215,8 @@ impl Acts {
 /// so the scalar loop showed in profiles.
 ///
 /// # Safety
-/// AVX2 is present; `xs.len()` is a multiple of 32 and the buffers hold
-/// `m` rows of its blocks.
+/// AVX2 is present; `xs.len()` is a multiple of 32, `row < m` and the
+/// buffers hold `m` rows of its blocks.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn quantize_row_avx2(xs: &[f32], qs: &mut [i8], scales: &mut [f32], sums: &mut [i32], row: usize, m: usize) {
