@@ -97,6 +97,15 @@ impl CpuLinear {
     }
 }
 
+thread_local! {
+    /// A quantized MLP's gate and up outputs, `[m, 2·inter]`.
+    static GATE_UP: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Floats of [`GATE_UP`] kept per thread (4 MiB: a decoding step of 16
+/// rows of a 7B model, not a long prefill's).
+const KEEP_GATE_UP: usize = 1 << 20;
+
 /// The MLP's gate and up projections, producing `SiLU(gate)·up`.
 #[derive(Debug)]
 pub(crate) enum GateUp {
@@ -142,18 +151,27 @@ impl GateUp {
                 });
             }
             GateUp::Fused(lin) => {
-                let mut gu = vec![0f32; m * 2 * inter];
-                lin.forward(x, m, &mut gu, false);
-                for (row, dst) in gu.chunks_exact_mut(2 * inter).zip(act.chunks_exact_mut(inter)) {
-                    let (g, u) = row.split_at_mut(inter);
-                    dst.copy_from_slice(g);
-                    for v in dst.iter_mut() {
-                        *v = -*v;
+                let mut run = |gu: &mut Vec<f32>| {
+                    gu.resize(m * 2 * inter, 0.0);
+                    lin.forward(x, m, gu, false);
+                    for (row, dst) in gu.chunks_exact(2 * inter).zip(act.chunks_exact_mut(inter)) {
+                        let (g, u) = row.split_at(inter);
+                        for (d, &gi) in dst.iter_mut().zip(g) {
+                            *d = -gi;
+                        }
+                        kernels::exp_in_place(dst);
+                        for ((d, &gi), &ui) in dst.iter_mut().zip(g).zip(u) {
+                            *d = gi / (1.0 + *d) * ui;
+                        }
                     }
-                    kernels::exp_in_place(dst);
-                    for ((d, &gi), &ui) in dst.iter_mut().zip(g.iter()).zip(u.iter()) {
-                        *d = gi / (1.0 + *d) * ui;
-                    }
+                };
+                // Decoding steps reuse this thread's buffer (a fresh zeroed
+                // one per layer and step showed as allocation and memset in
+                // their profiles); a long prefill's is not kept.
+                if m * 2 * inter <= KEEP_GATE_UP {
+                    sgemm::with_local(&GATE_UP, run);
+                } else {
+                    run(&mut Vec::new());
                 }
             }
         }
