@@ -644,6 +644,24 @@ pub(crate) struct TileAt {
     vnni: bool,
 }
 
+#[cfg(target_arch = "x86_64")]
+impl TileAt {
+    /// Asks for the lines of the tile's outputs while it computes: the
+    /// weights streaming through each decoding step evict them, and the
+    /// final stores (loads too, when adding) otherwise wait for them.
+    #[inline(always)]
+    fn prefetch_out(&self, rows: usize, panels: usize) {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        for r in 0..rows {
+            for c in 0..panels {
+                let at = self.out.wrapping_add((self.r0 + r) * self.ld + (self.p0 + c) * PANEL);
+                // SAFETY: a prefetch only hints, whatever the address.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(at as *const i8) };
+            }
+        }
+    }
+}
+
 /// Whether the AVX512-VNNI kernels run here: the CPU has them and they
 /// gave bit for bit what the AVX2 kernels give (checked once, see
 /// [`vnni_agrees`]; they cannot be exercised on a CPU without them).
@@ -974,6 +992,7 @@ macro_rules! q4_kernel {
         unsafe fn $name<const R: usize, const C: usize>(w: &PanelMatrix<Q4>, acts: &Acts, at: TileAt) {
             use std::arch::x86_64::*;
             let TileAt { p0, r0, prefetch, .. } = at;
+            at.prefetch_out(R, C);
             // SAFETY: see the function's contract.
             unsafe {
                 let (kb, pb) = (w.kb, Q4::PANEL_BLOCK);
@@ -1047,6 +1066,7 @@ macro_rules! q8_kernel {
         unsafe fn $name<const R: usize, const C: usize>(w: &PanelMatrix<Q8>, acts: &Acts, at: TileAt) {
             use std::arch::x86_64::*;
             let TileAt { p0, r0, prefetch, .. } = at;
+            at.prefetch_out(R, C);
             // SAFETY: see the function's contract.
             unsafe {
                 let (kb, pb) = (w.kb, Q8::PANEL_BLOCK);
@@ -1229,6 +1249,7 @@ unsafe fn q4_tile_wide<const R: usize, const P: usize>(w: &PanelMatrix<Q4>, acts
     unsafe {
         let (kb, pb) = (w.kb, Q4::PANEL_BLOCK);
         let WideInputs { lo, hi, rows, next } = w.wide_inputs::<P>(acts, at);
+        at.prefetch_out(R, 2 * P);
         let low = _mm512_set1_epi8(0x0f);
         let mut acc = [[_mm512_setzero_ps(); P]; R];
         for b in 0..kb {
@@ -1290,6 +1311,7 @@ unsafe fn q8_tile_wide<const R: usize, const P: usize>(w: &PanelMatrix<Q8>, acts
     unsafe {
         let (kb, pb) = (w.kb, Q8::PANEL_BLOCK);
         let WideInputs { lo, hi, rows, next } = w.wide_inputs::<P>(acts, at);
+        at.prefetch_out(R, 2 * P);
         let flip = _mm512_set1_epi8(i8::MIN);
         let mut acc = [[_mm512_setzero_ps(); P]; R];
         for b in 0..kb {
