@@ -105,8 +105,8 @@ fn check_sequence(model: &Model, s: &[u32]) -> Result<()> {
 /// each on two cores.
 pub const PROGRESS_CHUNK: usize = 512;
 
-/// [`token_logprobs`] of one sequence, `chunk` positions per forward pass
-/// through the KV cache, calling `progress(done, total)` (positions
+/// [`token_logprobs`] of one sequence, `chunk` positions (at least 2) per
+/// forward pass through the KV cache, calling `progress(done, total)` (positions
 /// scored so far, and in all) after each pass: scoring 8k tokens takes
 /// half a minute on two cores, and a caller can show how far it has got.
 /// A sequence of at most `chunk` tokens is scored in one pass, exactly as
@@ -124,8 +124,8 @@ pub fn sequence_logprobs(
 ) -> Result<Vec<f32>> {
     check_temperature(temperature)?;
     check_sequence(model, ids)?;
-    let total = ids.len().saturating_sub(1);
-    if ids.len() <= chunk.max(2) {
+    let (chunk, total) = (chunk.max(2), ids.len().saturating_sub(1));
+    if ids.len() <= chunk {
         let lp = token_logprobs(model, &[ids.to_vec()], temperature)?.remove(0);
         progress(total, total);
         return Ok(lp);

@@ -169,6 +169,10 @@ fn chunked_scoring_matches_one_pass_and_reports_progress() {
             assert_eq!(seen.len(), seq.len().div_ceil(chunk), "{what}: one call per pass");
             assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "{what}: progress goes forward");
         }
+        // Passes of 0 positions mean 2, not a panic.
+        let lp = sequence_logprobs(m, &seq[..9], 0.7, 0, |_, _| {}).unwrap();
+        let worst = lp.iter().zip(&whole).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(lp.len() == 8 && worst < if quantized { 0.5 } else { 1e-3 }, "{what}: {worst}");
         // Short enough for one pass: exactly token_logprobs.
         let short = &seq[..50];
         let lp = sequence_logprobs(m, short, 0.7, 64, |_, _| {}).unwrap();
