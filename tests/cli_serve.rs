@@ -221,3 +221,13 @@ fn cli_logprobs_scores_a_long_text_in_passes() {
     let (first, late) = (mean(&lps[..14]), mean(&lps[550..]));
     assert!(late > first + 1.0 && late > -0.5, "mean log-prob {first} at first, {late} after the first pass");
 }
+
+#[test]
+fn a_data_dir_that_is_a_file_is_named_as_such() {
+    let file = tempdir().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let out = Command::new(rlt_binary()).arg("--data-dir").arg(&file).args(["serve", "--no-demo"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is not a directory") && !stderr.contains("File exists"), "{stderr}");
+}

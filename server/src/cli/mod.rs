@@ -75,6 +75,14 @@ pub enum Command {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Said up front: otherwise the first command to create something in it
+    // reports "File exists" for a path that plainly does.
+    let dir = &cli.global.data_dir;
+    anyhow::ensure!(
+        !dir.exists() || dir.is_dir(),
+        "the data directory {} (--data-dir or RLT_DATA_DIR) is not a directory",
+        dir.display()
+    );
     match cli.command {
         Command::Serve(args) => serve::run(&cli.global, args).await,
         Command::Import(args) => import::run(&cli.global, args).await,
