@@ -122,14 +122,15 @@ pub fn sequence_logprobs(
     chunk: usize,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<f32>> {
-    check_temperature(temperature)?;
-    check_sequence(model, ids)?;
     let (chunk, total) = (chunk.max(2), ids.len().saturating_sub(1));
     if ids.len() <= chunk {
         let lp = token_logprobs(model, &[ids.to_vec()], temperature)?.remove(0);
         progress(total, total);
         return Ok(lp);
     }
+    // token_logprobs' checks, for the passes.
+    check_temperature(temperature)?;
+    check_sequence(model, ids)?;
     let mut cache = model.new_cache(vec![0]);
     let mut out = Vec::with_capacity(total);
     for start in (0..ids.len()).step_by(chunk) {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use rlt_engine::chat_template::{Ending, Message};
 use rlt_engine::generate::{GenerateParams, generate};
 use rlt_engine::load::WeightMode;
@@ -114,11 +114,7 @@ pub async fn run_generate(global: &GlobalArgs, args: GenerateArgs) -> anyhow::Re
         };
         let prompt = model.tokenizer.encode(&text)?;
         let bar = ProgressBar::new((args.n * args.max_new_tokens) as u64);
-        bar.set_style(
-            ProgressStyle::with_template("generating [{bar:40}] {pos}/{len} tokens {per_sec}")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
+        bar.set_style(super::bar_style("generating [{bar:40}] {pos}/{len} tokens {per_sec}"));
         let completions = generate(&model.model, &model.tokenizer, &[prompt], &params, |_| bar.inc(1))?;
         bar.finish_and_clear();
         for c in completions {
@@ -172,16 +168,12 @@ pub async fn run_logprobs(global: &GlobalArgs, args: LogprobsArgs) -> anyhow::Re
         anyhow::ensure!(ids.len() >= 2, "give at least two tokens (--text or --ids); the first has no log-prob");
         // A long text takes a while (8k tokens: half a minute on two
         // cores): it goes through in passes, with a bar; a short one in one.
-        let bar = ProgressBar::hidden();
-        if ids.len() > PROGRESS_CHUNK {
-            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-            bar.set_length((ids.len() - 1) as u64);
-            bar.set_style(
-                ProgressStyle::with_template("scoring [{bar:40}] {pos}/{len} tokens {per_sec}")
-                    .expect("valid template")
-                    .progress_chars("=> "),
-            );
-        }
+        let bar = if ids.len() > PROGRESS_CHUNK {
+            ProgressBar::new((ids.len() - 1) as u64)
+                .with_style(super::bar_style("scoring [{bar:40}] {pos}/{len} tokens {per_sec}"))
+        } else {
+            ProgressBar::hidden()
+        };
         let lp = sequence_logprobs(&model.model, &ids, args.temperature, PROGRESS_CHUNK, |done, _| {
             bar.set_position(done as u64)
         })

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use rlt_types::{Job, JobStatus, SubmitJob};
 
 use super::GlobalArgs;
@@ -126,11 +126,7 @@ async fn follow(db: &Database, id: i64) -> anyhow::Result<()> {
     let events = EventHub::start(db.pool.clone());
     let mut rx = events.subscribe();
     let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} job {prefix} {msg:10} [{bar:40}] {pos}/{len} (eta {eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    bar.set_style(super::bar_style("{spinner} job {prefix} {msg:10} [{bar:40}] {pos}/{len} (eta {eta})"));
     bar.set_prefix(id.to_string());
     let mut last_log = 0;
     loop {

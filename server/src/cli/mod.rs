@@ -133,6 +133,11 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
+/// The CLI's bar look (`=> `) on `template`, a literal.
+pub(crate) fn bar_style(template: &str) -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(template).expect("valid template").progress_chars("=> ")
+}
+
 /// A message above a progress bar, or plainly on stderr when the bar is
 /// hidden (not a terminal), where indicatif would drop it.
 pub(crate) fn print_above(bar: &indicatif::ProgressBar, message: String) {

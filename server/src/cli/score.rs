@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use rlt_engine::reward::ScoreInput;
 use rlt_types::{RewardConfig, ScoreItem, ScoreOutcome};
 
@@ -72,11 +72,7 @@ pub async fn run(global: &GlobalArgs, args: ScoreArgs) -> anyhow::Result<()> {
     anyhow::ensure!(!parsed.is_empty(), "{} has no lines to score", args.input.display());
 
     let bar = ProgressBar::new(parsed.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("scoring [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    bar.set_style(super::bar_style("scoring [{bar:40}] {pos}/{len} {per_sec} eta {eta}"));
     let mut out: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
