@@ -113,7 +113,9 @@ def main():
 
     print()
     print(f"CPU: {machine.get('cpu', '?')}, {machine.get('threads', '?')} threads, "
-          f"f32 peak {machine.get('f32_peak_gflops', '?')} GFLOP/s at base clock; best of {args.rounds} rounds")
+          f"f32 peak {machine.get('f32_peak_gflops', '?')} GFLOP/s at the measured {machine.get('measured_ghz', '?')} GHz "
+          f"({machine.get('f32_peak_gflops_base_clock', '?')} at the base {machine.get('base_ghz', '?')} GHz); "
+          f"best of {args.rounds} rounds")
     head = ("metric", "engine", "peer", "ratio", "target", "")
     widths = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
     for row in [head] + rows:
