@@ -244,8 +244,9 @@ fn field_value(cfg: &Config, field: &str) -> usize {
 
 /// Checks that `files` hold every tensor the decoder reads, each in the
 /// shape `config.json` implies; a mismatch names the fields behind the
-/// expected shape (candle's own error names only the tensor).
-fn check_hf_tensors(files: &[PathBuf], cfg: &Config) -> std::result::Result<(), String> {
+/// expected shape (candle's own error names only the tensor), and says so
+/// when `head_dim` is not one of them but derived (`head_dim_given` false).
+fn check_hf_tensors(files: &[PathBuf], cfg: &Config, head_dim_given: bool) -> std::result::Result<(), String> {
     // SAFETY: a read-only map, only its headers read (see the VarBuilder's
     // in `hf_parts`).
     let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(files) }
@@ -254,7 +255,16 @@ fn check_hf_tensors(files: &[PathBuf], cfg: &Config) -> std::result::Result<(), 
         let view = st.get(&name).map_err(|_| format!("weights lack tensor `{name}`"))?;
         let Some((want, fields)) = shape_and_fields(cfg, &name) else { continue };
         if view.shape() != want.as_slice() {
-            let fields: Vec<String> = fields.iter().map(|f| format!("{f} {}", field_value(cfg, f))).collect();
+            let fields: Vec<String> = fields
+                .iter()
+                .map(|&f| match f {
+                    "head_dim" if !head_dim_given => format!(
+                        "head_dim {} (hidden_size / num_attention_heads, as it gives no head_dim)",
+                        cfg.head_dim
+                    ),
+                    _ => format!("{f} {}", field_value(cfg, f)),
+                })
+                .collect();
             return Err(format!(
                 "tensor `{name}` has shape {:?}, but config.json's {} imply {want:?}",
                 view.shape(),
@@ -429,7 +439,9 @@ fn hf_parts<'a>(dir: &Path, mode: WeightMode, device: &Device) -> Result<Parts<'
         WeightMode::Bf16 => DType::BF16,
         _ => DType::F32,
     };
-    check_hf_tensors(&weight_files, &config).map_err(bad)?;
+    let head_dim_given = serde_json::from_str::<serde_json::Value>(&config_text)
+        .is_ok_and(|json| json.get("head_dim").is_some_and(|d| !d.is_null()));
+    check_hf_tensors(&weight_files, &config, head_dim_given).map_err(bad)?;
     // SAFETY: the files are memory-mapped read-only; like every mmap
     // loader this assumes nobody rewrites them while the model is loaded.
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&weight_files, dtype, device)? };

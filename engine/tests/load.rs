@@ -102,6 +102,13 @@ fn config_that_disagrees_with_the_weights_names_its_fields() {
             "num_key_value_heads 2, head_dim 24, hidden_size 64 imply [48, 64]",
         ),
         (
+            // Without head_dim, transformers derives it: 64 / 4 = 16.
+            r#""head_dim": 24,"#,
+            "",
+            "num_attention_heads 4, head_dim 16 (hidden_size / num_attention_heads, as it gives no head_dim), \
+             hidden_size 64 imply [64, 64]",
+        ),
+        (
             r#""num_hidden_layers": 2"#,
             r#""num_hidden_layers": 3"#,
             "lack tensor `model.layers.2.input_layernorm.weight`",
