@@ -33,10 +33,11 @@ fn model_path() -> PathBuf {
     data.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
-/// The CPU's model name and its f32 multiply-adds per core and cycle: two
-/// FMA pipes of 8 lanes with AVX2, of 16 with AVX-512. Zen 4 (AMD family
-/// 25) runs a 512-bit FMA as two 256-bit halves, so there it is 8 lanes too.
-fn cpu_fmas_per_cycle() -> (String, f64) {
+/// What `/proc/cpuinfo` says of the first core: its model name, its f32
+/// multiply-adds per cycle (two FMA pipes of 8 lanes with AVX2, of 16 with
+/// AVX-512; Zen 4, AMD family 25, runs a 512-bit FMA as two 256-bit halves,
+/// so 8 lanes there too) and its base clock in GHz.
+fn cpu_info() -> (String, f64, f64) {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let field = |name: &str| {
         info.lines()
@@ -48,17 +49,8 @@ fn cpu_fmas_per_cycle() -> (String, f64) {
     let avx512 = field("flags").split(' ').any(|f| f == "avx512f");
     let zen4 = field("vendor_id") == "AuthenticAMD" && field("cpu family") == "25";
     let lanes = if avx512 && !zen4 { 16.0 } else { 8.0 };
-    (field("model name"), 2.0 * lanes)
-}
-
-/// The CPU's base clock in GHz, as the kernel reports it.
-fn base_ghz() -> f64 {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    info.lines()
-        .find(|l| l.starts_with("cpu MHz"))
-        .and_then(|l| l.split(':').nth(1))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |mhz| mhz / 1e3)
+    let base_ghz = field("cpu MHz").parse::<f64>().map_or(f64::NAN, |mhz| mhz / 1e3);
+    (field("model name"), 2.0 * lanes, base_ghz)
 }
 
 /// The clock the cores run at while all of them are busy, in GHz, timed with
@@ -140,8 +132,8 @@ fn main() -> rlt_engine::Result<()> {
     // Two hyperthreads share one core's FMA units: the peak counts cores
     // (candle's count is the physical cores, or RAYON_NUM_THREADS).
     let cores = threads.min(candle_core::utils::get_num_threads());
-    let (cpu, fmas) = cpu_fmas_per_cycle();
-    let (base, clock) = (base_ghz(), measured_ghz(cores));
+    let (cpu, fmas, base) = cpu_info();
+    let clock = measured_ghz(cores);
     let base_peak = cores as f64 * base * 2.0 * fmas;
     // The percentage is of the peak at the measured clock, the one the
     // scoring runs at; the base clock's is printed beside it.
