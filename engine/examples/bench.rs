@@ -59,6 +59,7 @@ fn cpu_info() -> (String, f64, f64) {
 /// a peak at the base clock can be exceeded.
 #[cfg(target_arch = "x86_64")]
 fn measured_ghz(cores: usize) -> Option<f64> {
+    // Adds per loop: the `.rept` count below.
     const ADDS: u64 = 100;
     const LOOPS: u64 = 100_000;
     let one_core = || {
@@ -138,9 +139,17 @@ fn main() -> rlt_engine::Result<()> {
     // The percentage is of the peak at the measured clock, the one the
     // scoring runs at; the base clock's is printed beside it.
     let peak = clock.map_or(base_peak, |ghz| cores as f64 * ghz * 2.0 * fmas);
-    let clock_json = clock.map_or("null".to_string(), |ghz| format!("{ghz:.2}"));
+    // JSON has no NaN: what could not be read is null.
+    let json = |x: Option<f64>, digits: usize| match x {
+        Some(v) if v.is_finite() => format!("{v:.digits$}"),
+        _ => "null".to_string(),
+    };
+    let clock_json = json(clock, 2);
     println!(
-        "{{\"bench\": \"machine\", \"threads\": {threads}, \"cpu\": {cpu:?}, \"base_ghz\": {base:.2}, \"measured_ghz\": {clock_json}, \"f32_peak_gflops\": {peak:.0}, \"f32_peak_gflops_base_clock\": {base_peak:.0}}}"
+        "{{\"bench\": \"machine\", \"threads\": {threads}, \"cpu\": {cpu:?}, \"base_ghz\": {}, \"measured_ghz\": {clock_json}, \"f32_peak_gflops\": {}, \"f32_peak_gflops_base_clock\": {}}}",
+        json(Some(base), 2),
+        json(Some(peak), 0),
+        json(Some(base_peak), 0)
     );
     let mut table: Vec<(String, String)> = Vec::new();
 
