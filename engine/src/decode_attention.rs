@@ -234,8 +234,9 @@ impl Group<'_> {
 
     /// [`Group::scores_heads`] with 512-bit registers: two keys per
     /// register (eight dimensions of each), eight keys at a time. Each
-    /// key's eight lanes are the AVX2 kernel's chains, added up by the same
-    /// [`reduce4`], so every score has the same bits.
+    /// key's eight lanes are the AVX2 kernel's chains, added up in
+    /// [`reduce4`]'s order by [`reduce4_wide`], so every score has the same
+    /// bits.
     ///
     /// # Safety
     /// As for `scores_heads`, and AVX-512 F is present.
@@ -269,13 +270,6 @@ impl Group<'_> {
                     _mm256_castps_pd(hi),
                 ))
             };
-            let half = |x: __m512, hi: bool| {
-                if hi {
-                    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(x)))
-                } else {
-                    _mm512_castps512_ps256(x)
-                }
-            };
             let mut j = 0;
             while j < n {
                 let keys = (n - j).min(8);
@@ -294,11 +288,7 @@ impl Group<'_> {
                 }
                 for h in 0..H {
                     for g in 0..2 {
-                        let (x, y) = (a[h][2 * g], a[h][2 * g + 1]);
-                        let s = _mm_mul_ps(
-                            reduce4([half(x, false), half(x, true), half(y, false), half(y, true)]),
-                            _mm_set1_ps(scale),
-                        );
+                        let s = _mm_mul_ps(reduce4_wide(a[h][2 * g], a[h][2 * g + 1]), _mm_set1_ps(scale));
                         if keys > 4 * g {
                             store_scores(s, out(h, j + 4 * g), keys - 4 * g);
                         }
@@ -379,6 +369,35 @@ unsafe fn reduce4(a: [std::arch::x86_64::__m256; 4]) -> std::arch::x86_64::__m12
     use std::arch::x86_64::*;
     let u = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
     _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1))
+}
+
+/// [`reduce4`] of the four keys in `x` (keys 0 and 1, eight lanes each)
+/// and `y` (keys 2 and 3), in the same order of additions, so with the
+/// same bits (floating-point addition commutes exactly). It stays in
+/// 512-bit registers: `reduce4`'s `vhaddps` has no EVEX form, so feeding it
+/// the halves would hold the accumulators to the first 16 registers, and
+/// three heads' twelve would spill one to the stack on every step.
+///
+/// # Safety
+/// AVX-512 F is present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn reduce4_wide(x: std::arch::x86_64::__m512, y: std::arch::x86_64::__m512) -> std::arch::x86_64::__m128 {
+    use std::arch::x86_64::*;
+    // Per 128-bit lane, as `hadd`: [x0+x1, x2+x3, y0+y1, y2+y3]. The lanes
+    // hold keys 0|2, 0|2, 1|3, 1|3 (dims 0-3, 4-7 of each).
+    let pairs = _mm512_add_ps(_mm512_shuffle_ps::<0b10_00_10_00>(x, y), _mm512_shuffle_ps::<0b11_01_11_01>(x, y));
+    // (l0+l1)+(l2+l3) and (l4+l5)+(l6+l7) of each key, twice per lane.
+    let quads = _mm512_add_ps(
+        _mm512_shuffle_ps::<0b10_00_10_00>(pairs, pairs),
+        _mm512_shuffle_ps::<0b11_01_11_01>(pairs, pairs),
+    );
+    // Each lane plus its neighbour: low dims + high dims of each key.
+    let sums = _mm512_add_ps(quads, _mm512_shuffle_f32x4::<0b10_11_00_01>(quads, quads));
+    // Keys 0, 1, 2, 3 sit in lanes 0, 2, 0, 2 at positions 0, 0, 1, 1.
+    let order = _mm512_setr_epi32(0, 8, 1, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    _mm512_castps512_ps128(_mm512_permutexvar_ps(order, sums))
 }
 
 /// Whether decoding attention runs its 512-bit kernels: where the CPU has
