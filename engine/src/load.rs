@@ -245,8 +245,9 @@ fn field_value(cfg: &Config, field: &str) -> usize {
 /// Checks that `files` hold every tensor the decoder reads, each in the
 /// shape `config.json` implies; a mismatch names the fields behind the
 /// expected shape (candle's own error names only the tensor), and says so
-/// when `head_dim` is not one of them but derived (`head_dim_given` false).
-fn check_hf_tensors(files: &[PathBuf], cfg: &Config, head_dim_given: bool) -> std::result::Result<(), String> {
+/// when `config_text` (the `config.json` behind `cfg`) has no `head_dim`
+/// and it was derived.
+fn check_hf_tensors(files: &[PathBuf], cfg: &Config, config_text: &str) -> std::result::Result<(), String> {
     // SAFETY: a read-only map, only its headers read (see the VarBuilder's
     // in `hf_parts`).
     let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(files) }
@@ -255,6 +256,9 @@ fn check_hf_tensors(files: &[PathBuf], cfg: &Config, head_dim_given: bool) -> st
         let view = st.get(&name).map_err(|_| format!("weights lack tensor `{name}`"))?;
         let Some((want, fields)) = shape_and_fields(cfg, &name) else { continue };
         if view.shape() != want.as_slice() {
+            // Read again only here: Config keeps head_dim, not where it came from.
+            let head_dim_given = serde_json::from_str::<serde_json::Value>(config_text)
+                .is_ok_and(|json| json.get("head_dim").is_some_and(|d| !d.is_null()));
             let fields: Vec<String> = fields
                 .iter()
                 .map(|&f| match f {
@@ -324,7 +328,6 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
         .map_err(|e| Error::BadModelDir { path: path.to_path_buf(), reason: format!("invalid JSON: {e}") })
 }
 
-/// A special token in `tokenizer_config.json`: a string or `{"content": ..}`.
 /// The special tokens transformers takes from a GGUF for its templates:
 /// those its `GGUF_TOKENIZER_MAPPING` reads (bos, eos, unknown, padding).
 fn gguf_special_tokens(gguf: &GgufFile, tokenizer: &Tokenizer) -> SpecialTokens {
@@ -341,6 +344,7 @@ fn gguf_special_tokens(gguf: &GgufFile, tokenizer: &Tokenizer) -> SpecialTokens 
     })
 }
 
+/// A special token in `tokenizer_config.json`: a string or `{"content": ..}`.
 fn special_token(cfg: &serde_json::Value, key: &str) -> Option<String> {
     match cfg.get(key)? {
         serde_json::Value::String(s) => Some(s.clone()),
@@ -397,8 +401,9 @@ fn hf_parts<'a>(dir: &Path, mode: WeightMode, device: &Device) -> Result<Parts<'
 
     let tok_cfg_path = dir.join("tokenizer_config.json");
     let tok_cfg = if tok_cfg_path.exists() { read_json(&tok_cfg_path)? } else { serde_json::Value::Null };
-    let bos = special_token(&tok_cfg, "bos_token");
-    let eos = special_token(&tok_cfg, "eos_token");
+    let special = SpecialTokens::NAMES
+        .into_iter()
+        .fold(SpecialTokens::default(), |set, name| set.with(name, special_token(&tok_cfg, name)));
     let gen_cfg_path = dir.join("generation_config.json");
     let extra_stop: Vec<u32> = if gen_cfg_path.exists() {
         match read_json(&gen_cfg_path)?.get("eos_token_id") {
@@ -413,7 +418,8 @@ fn hf_parts<'a>(dir: &Path, mode: WeightMode, device: &Device) -> Result<Parts<'
     if !tok_path.exists() {
         return Err(bad("no tokenizer.json".into()));
     }
-    let tokenizer = Tokenizer::from_hf_file(&tok_path, bos.clone(), eos.clone(), &extra_stop)?;
+    let owned = |name: &str| special.get(name).map(str::to_string);
+    let tokenizer = Tokenizer::from_hf_file(&tok_path, owned("bos_token"), owned("eos_token"), &extra_stop)?;
 
     // Newer repositories keep the template in its own file.
     let template_file = dir.join("chat_template.jinja");
@@ -430,18 +436,13 @@ fn hf_parts<'a>(dir: &Path, mode: WeightMode, device: &Device) -> Result<Parts<'
             _ => None,
         }
     };
-    let special = SpecialTokens::NAMES
-        .into_iter()
-        .fold(SpecialTokens::default(), |set, name| set.with(name, special_token(&tok_cfg, name)));
     let chat_template = template_src.map(|src| ChatTemplate::new(&src, special)).transpose()?;
 
     let dtype = match mode {
         WeightMode::Bf16 => DType::BF16,
         _ => DType::F32,
     };
-    let head_dim_given = serde_json::from_str::<serde_json::Value>(&config_text)
-        .is_ok_and(|json| json.get("head_dim").is_some_and(|d| !d.is_null()));
-    check_hf_tensors(&weight_files, &config, head_dim_given).map_err(bad)?;
+    check_hf_tensors(&weight_files, &config, &config_text).map_err(bad)?;
     // SAFETY: the files are memory-mapped read-only; like every mmap
     // loader this assumes nobody rewrites them while the model is loaded.
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&weight_files, dtype, device)? };
